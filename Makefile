@@ -1,0 +1,30 @@
+# Quick start: `make demo` (install if needed, then serve the tiny demo critic) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export VLLM_NO_USAGE_STATS := 1
+export DO_NOT_TRACK := 1
+
+.PHONY: install demo test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml scripts/install.sh
+	VENV=$(VENV) bash scripts/install.sh
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/lift serve --demo
+
+test: install
+	$(PY) -m pytest -q -ra
+
+test-fast: install
+	$(PY) -m pytest -q -ra -m "not vllm and not slow"
+
+bench: install
+	$(PY) benchmarks/critic_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,49 @@
+"""`lift`: one command line for the whole stack.
+
+Each package registers its own subcommands (`service.cli`, `clients.commands`, `finetune.cli`); those
+modules import nothing heavy at top level, so `lift --help` and the client commands stay torch-free.
+Errors the project raises on purpose end the process with one clear line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that define `register(subparsers) -> None`. Missing ones (a client-only install) are skipped.
+COMMAND_MODULES = ("service.cli", "clients.commands", "finetune.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lift", description="LiFT reward stack: serve a video critic, score, label, fine-tune.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:  # a package whose optional dependencies are not installed
+            if exc.name and exc.name.split(".")[0] in ("service", "finetune", "clients") and exc.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from service.errors import LiftError
+
+    try:
+        result = args.func(args)
+    except LiftError as exc:
+        print(f"lift {args.command}: error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lift {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Errors as types. Each carries a stable machine code and a message a user can act on.
+
+HTTP status codes are assigned in exactly one place (`service.app.errors`); nothing here knows HTTP.
+"""
+
+from __future__ import annotations
+
+
+class LiftError(Exception):
+    """Base of every error the project raises on purpose."""
+
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# ---- bad input (client's fault) -------------------------------------------------------------
+class InvalidRequest(LiftError):
+    code = "invalid_request"
+
+
+class MediaError(LiftError):
+    """Anything wrong with the video a client sent."""
+
+    code = "invalid_video"
+
+
+class InvalidVideo(MediaError):
+    """Not a decodable video: random bytes, truncated, zero-byte, an image, no frames."""
+
+    code = "invalid_video"
+
+
+class VideoTooLarge(MediaError):
+    """Over a configured limit: bytes, pixels, duration or frame count."""
+
+    code = "video_too_large"
+
+
+class UnsupportedMedia(MediaError):
+    code = "unsupported_media_type"
+
+
+class MediaNotFound(MediaError):
+    code = "video_not_found"
+
+
+class ForbiddenMediaSource(MediaError):
+    """A path outside the allowed root, a private address, a scheme we do not fetch."""
+
+    code = "forbidden_media_source"
+
+
+class MediaFetchError(MediaError):
+    """A URL could not be fetched (remote 4xx/5xx, timeout, too many redirects)."""
+
+    code = "media_fetch_failed"
+
+
+class Unauthorized(LiftError):
+    code = "unauthorized"
+
+
+# ---- service state --------------------------------------------------------------------------
+class Overloaded(LiftError):
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EngineNotReady(LiftError):
+    code = "engine_not_ready"
+
+
+class EngineError(LiftError):
+    code = "engine_error"
+
+
+class RequestTimeout(LiftError):
+    code = "timeout"
+
+
+# ---- model files ----------------------------------------------------------------------------
+class ModelLoadError(LiftError):
+    """A checkpoint folder is missing parts or has parts that do not fit together."""
+
+    code = "model_load_error"
+
+
+class AnswerParseError(LiftError):
+    code = "answer_parse_error"

@@ -1,0 +1,114 @@
+"""The wire format: pydantic models shared by the HTTP layer, the Python API and the clients.
+
+Pure pydantic (no torch, no vllm): `clients/` imports this module.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Label = Literal["Good", "Normal", "Bad"]
+DimensionName = Literal["semantic_consistency", "motion_smoothness", "video_fidelity"]
+
+MAX_PROMPT_CHARS = 4000
+
+
+class ScoreOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_frames: int | None = Field(None, ge=1, le=64, description="Frames sampled from the video (default 8, as LiFT).")
+    temperature: float | None = Field(
+        None, ge=0.0, le=2.0, description="0 = greedy (default). >0 samples the label and reason."
+    )
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Seed for sampling; same seed, same answer.")
+    max_reason_tokens: int | None = Field(None, ge=1, le=512, description="Upper bound on the rationale's tokens.")
+    return_frames: bool = Field(False, description="Return small JPEG thumbnails of the sampled frames (base64).")
+
+
+class VideoSource(BaseModel):
+    """Exactly one of `path` (under the server's media root), `url` (http/https) or `base64`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(None, max_length=4096, description="Path on the server, under LIFT_MEDIA_ROOT.")
+    url: str | None = Field(None, max_length=8192, description="http(s) URL the server downloads.")
+    base64: str | None = Field(None, description="The video file's bytes, base64-encoded.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "VideoSource":
+        given = [k for k in ("path", "url", "base64") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("video needs exactly one of 'path', 'url' or 'base64'")
+        return self
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, description="The caption the video was generated from.")
+    video: VideoSource
+    options: ScoreOptions = Field(default_factory=ScoreOptions)
+
+
+class LabelProbabilities(BaseModel):
+    Good: float
+    Normal: float
+    Bad: float
+
+
+class DimensionScore(BaseModel):
+    label: Label
+    score: float = Field(..., description="LiFT's score of the label: Good 0.9, Normal 0.2, Bad 0.05.")
+    expected_score: float = Field(..., description="Sum over labels of p(label) x score(label).")
+    probabilities: LabelProbabilities
+    rationale: str
+
+
+class ScoreResponse(BaseModel):
+    id: str
+    model: str
+    reward: float = Field(..., description="Mean of the three dimension scores (LiFT Eq. 2).")
+    expected_reward: float = Field(..., description="Mean of the three expected scores.")
+    num_frames: int
+    dimensions: dict[DimensionName, DimensionScore]
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    frames: list[str] | None = Field(None, description="base64 JPEG thumbnails, when options.return_frames.")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class BatchScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[ScoreRequest] = Field(..., min_length=1, max_length=64)
+
+
+class BatchItemError(BaseModel):
+    error: ErrorDetail
+
+
+class BatchScoreResponse(BaseModel):
+    results: list[ScoreResponse | BatchItemError]
+
+
+class ModelCard(BaseModel):
+    id: str
+    family: str
+    engine: str
+    rubric: dict[str, str]
+    labels: dict[str, float]
+    num_frames: int
+
+
+class ModelList(BaseModel):
+    data: list[ModelCard]
