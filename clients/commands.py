@@ -1,0 +1,202 @@
+"""`lift score` and `lift label`: the client-side subcommands of the `lift` CLI.
+
+Nothing heavy at import time: `lift score --server` and `lift label` run on a client-only install.
+`lift score --model DIR` scores in-process and only then imports the service (torch, vllm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from service.errors import InvalidRequest, MediaNotFound
+
+ENV_SERVER = "LIFT_SERVER"  # comma-separated base URLs, a default for --server
+ENV_API_KEY = "LIFT_API_KEY"
+
+
+def register(subparsers: Any) -> None:
+    _register_score(subparsers)
+    _register_label(subparsers)
+
+
+# ---- shared options ---------------------------------------------------------------------------
+def _add_score_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scoring options")
+    g.add_argument("--num-frames", type=int, default=None, help="frames sampled per video (service default: 8)")
+    g.add_argument("--temperature", type=float, default=None, help="0 = greedy (default); >0 samples")
+    g.add_argument("--seed", type=int, default=None, help="sampling seed")
+
+
+def _add_server_options(p: argparse.ArgumentParser, required_hint: str) -> None:
+    p.add_argument("--server", action="append", default=None, metavar="URL",
+                   help=f"scoring service base URL; repeat for several replicas ({required_hint}; "
+                        f"default: ${ENV_SERVER}, comma-separated)")
+    p.add_argument("--api-key", default=os.environ.get(ENV_API_KEY), help=f"Bearer token (default: ${ENV_API_KEY})")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one answer (default 120)")
+
+
+def _servers(args: argparse.Namespace) -> list[str]:
+    urls = list(args.server or [])
+    if not urls and os.environ.get(ENV_SERVER):
+        urls = [u for u in os.environ[ENV_SERVER].split(",") if u.strip()]
+    out: list[str] = []
+    for u in urls:
+        out.extend(x for x in u.split(",") if x.strip())
+    return out
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from service.protocol import ScoreOptions
+
+    raw = {"num_frames": args.num_frames, "temperature": args.temperature, "seed": args.seed}
+    raw = {k: v for k, v in raw.items() if v is not None}
+    if not raw:
+        return None
+    try:
+        return ScoreOptions(**raw)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise InvalidRequest(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}") from None
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+# ---- lift score --------------------------------------------------------------------------------
+def _register_score(sub: Any) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score one video against its prompt (remote --server or local --model)",
+        description="Score one video with the LiFT critic and print the score response as JSON: reward, "
+        "expected_reward and per-dimension label, score, probabilities and rationale. With --server the "
+        "video is sent to a running scoring service (its bytes uploaded; an http(s) URL is passed for the "
+        "server to fetch; --server-path names a file under the server's media root). With --model the "
+        "critic is loaded in this process (needs the service extra). Same JSON either way.",
+    )
+    p.add_argument("video", help="video file, http(s) URL, or (with --server-path) a path on the server")
+    p.add_argument("--prompt", required=True, help="the caption the video was generated from")
+    _add_server_options(p, "or --model")
+    p.add_argument("--model", type=Path, default=None, help="critic checkpoint folder: score locally")
+    p.add_argument("--engine", choices=("vllm", "transformers"), default="vllm", help="local engine (with --model)")
+    p.add_argument("--server-path", action="store_true", help="VIDEO is a path on the server (under LIFT_MEDIA_ROOT)")
+    _add_score_options(p)
+    p.set_defaults(func=score_command)
+
+
+def score_command(args: argparse.Namespace) -> int:
+    if not args.prompt.strip():
+        raise InvalidRequest("--prompt is empty")
+    options = _options(args)
+    servers = _servers(args)
+    if args.model is not None and args.server:
+        raise InvalidRequest("give --server or --model, not both")
+    if args.model is not None:
+        resp = _score_local(args, options)
+    elif servers:
+        resp = _score_remote(args, servers, options)
+    else:
+        raise InvalidRequest(f"say where to score: --server URL (or ${ENV_SERVER}) or --model DIR")
+    _print_json(resp.model_dump(mode="json", exclude_none=True))
+    return 0
+
+
+def _score_remote(args: argparse.Namespace, servers: list[str], options: Any) -> Any:
+    from .client import RewardClient
+    from .video import ServerPath
+
+    video: Any = ServerPath(args.video) if args.server_path else args.video
+    with RewardClient(servers, api_key=args.api_key, timeout=args.timeout) as client:
+        return client.score(video, args.prompt, options=options)
+
+
+def _score_local(args: argparse.Namespace, options: Any) -> Any:
+    from .video import is_url
+
+    if args.server_path or is_url(args.video):
+        raise InvalidRequest("local scoring (--model) needs a local video file")
+    video = Path(args.video)
+    if not video.is_file():
+        raise MediaNotFound(f"video file not found: {video}", param="video")
+    if not args.model.is_dir():
+        raise MediaNotFound(f"model folder not found: {args.model}", param="model")
+    from service.critic import Critic  # heavy (torch, vllm): only when asked to score locally
+
+    async def run() -> Any:
+        critic = Critic.from_pretrained(str(args.model), engine=args.engine)
+        await critic.start()
+        try:
+            return await critic.score(video, args.prompt, options)
+        finally:
+            await critic.stop()
+
+    return asyncio.run(run())
+
+
+# ---- lift label --------------------------------------------------------------------------------
+def _register_label(sub: Any) -> None:
+    p = sub.add_parser(
+        "label",
+        help="label a manifest of videos with rewards through the scoring service (resumable)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""Label every video of a manifest with the critic's reward, through one or more replicas.
+
+Manifest: JSONL, one {"id"?, "video", "prompt"} per line. "video" is a local path (its bytes are uploaded;
+relative paths are looked up next to the manifest, then in the working directory) or an http(s) URL
+(passed to the server). Without "id" an item's id is "h" + sha256(video + "\\n" + prompt)[:16], stable
+when lines are added, removed or reordered.
+
+Output: one JSON line per id, appended as results arrive ({"id", "video", "prompt", "status": "ok",
+"reward", "expected_reward", "dimensions", ...} or {"status": "error", "error": {code, message}}).
+Re-running the same command resumes: done ids are skipped, a torn last line (killed run) is redone.
+--retry-errors redoes the error lines. --format parquet keeps the JSONL journal at OUT.journal.jsonl
+(it is what resumes) and writes OUT as Parquet at the end.""",
+        epilog="exit codes: 0 all labeled; 1 finished, some items are error lines; 2 bad arguments/input; "
+        "3 stopped early because no replica was reachable (re-run to resume)",
+    )
+    p.add_argument("manifest", type=Path, help="JSONL manifest")
+    p.add_argument("--out", type=Path, required=True, help="labels file (JSONL, or Parquet with --format parquet)")
+    _add_server_options(p, "required")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight over all replicas (default 8)")
+    p.add_argument("--retry-errors", action="store_true", help="redo items recorded as errors")
+    p.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl", help="output format (default jsonl)")
+    p.add_argument("--export-lift", type=Path, default=None, metavar="FILE.json",
+                   help="also write LiFT's training format [{video, caption, score}] (score = reward)")
+    p.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="histograms of rewards per dimension")
+    p.add_argument("--summary-json", type=Path, default=None, metavar="FILE", help="write the summary as JSON too")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_score_options(p)
+    p.set_defaults(func=label_command)
+
+
+def label_command(args: argparse.Namespace) -> int:
+    from .labeler import LabelConfig, label
+
+    servers = _servers(args)
+    if not servers:
+        raise InvalidRequest(f"--server URL is required (or set ${ENV_SERVER})")
+    config = LabelConfig(
+        manifest=args.manifest, out=args.out, servers=servers, concurrency=args.concurrency,
+        retry_errors=args.retry_errors, format=args.format, export_lift=args.export_lift, plot=args.plot,
+        api_key=args.api_key, options=_options(args), timeout_s=args.timeout, progress=not args.no_progress,
+    )
+    result = asyncio.run(label(config))
+    if result.repaired_bytes:
+        print(f"lift label: cut a torn last line ({result.repaired_bytes} bytes) from {config.journal_path}; "
+              "its item was redone", file=sys.stderr)
+    print(result.summary.format())
+    if args.summary_json is not None:
+        args.summary_json.write_text(json.dumps(result.summary.as_dict(), indent=2) + "\n")
+    if result.aborted:
+        print(f"lift label: stopped early: {result.aborted}\nre-run the same command to resume", file=sys.stderr)
+    return result.exit_code
+

@@ -1,0 +1,231 @@
+"""What `lift label` makes from a finished journal: the summary, a plot, Parquet, LiFT's training file.
+
+All of it is derived from the JSONL journal (the source of truth), streaming where the set may be large.
+pyarrow and matplotlib are imported lazily (the `labels` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+
+from service.errors import InvalidRequest
+from service.protocol import DimensionName, ScoreResponse
+
+from .journal import ERROR, OK, iter_records
+
+DIMENSIONS: tuple[str, ...] = get_args(DimensionName)
+LABELS = ("Good", "Normal", "Bad")
+
+
+def ok_record(item_id: str, video: str, prompt: str, resp: ScoreResponse) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "video": video,
+        "prompt": prompt,
+        "status": OK,
+        "reward": resp.reward,
+        "expected_reward": resp.expected_reward,
+        "dimensions": {k: v.model_dump(mode="json") for k, v in resp.dimensions.items()},
+        "model": resp.model,
+        "num_frames": resp.num_frames,
+        "request_id": resp.id,
+    }
+
+
+def error_record(item_id: str, video: str, prompt: str, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"id": item_id, "video": video, "prompt": prompt, "status": ERROR,
+            "error": {"code": code, "message": message, "param": param}}
+
+
+@dataclass
+class Summary:
+    total: int = 0  # items in the manifest
+    ok: int = 0
+    errors: int = 0
+    missing: int = 0  # in the manifest, not in the journal (an aborted run)
+    new_this_run: int = 0
+    skipped_done: int = 0
+    duplicates_in_manifest: int = 0
+    error_codes: Counter = field(default_factory=Counter)
+    reward_sum: float = 0.0
+    expected_sum: float = 0.0
+    labels: dict[str, Counter] = field(default_factory=lambda: {d: Counter() for d in DIMENSIONS})
+    dim_score_sum: dict[str, float] = field(default_factory=lambda: {d: 0.0 for d in DIMENSIONS})
+    rewards: list[float] = field(default_factory=list)
+    expected_scores: dict[str, list[float]] = field(default_factory=lambda: {d: [] for d in DIMENSIONS})
+
+    @property
+    def mean_reward(self) -> float:
+        return self.reward_sum / self.ok if self.ok else math.nan
+
+    @property
+    def mean_expected_reward(self) -> float:
+        return self.expected_sum / self.ok if self.ok else math.nan
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total, "ok": self.ok, "errors": self.errors, "missing": self.missing,
+            "new_this_run": self.new_this_run, "skipped_done": self.skipped_done,
+            "duplicates_in_manifest": self.duplicates_in_manifest,
+            "error_codes": dict(self.error_codes),
+            "mean_reward": None if not self.ok else self.mean_reward,
+            "mean_expected_reward": None if not self.ok else self.mean_expected_reward,
+            "labels": {d: {lab: self.labels[d][lab] for lab in LABELS} for d in DIMENSIONS},
+        }
+
+    def format(self) -> str:
+        lines = [
+            f"labeled {self.ok} of {self.total} items: {self.errors} errors, {self.missing} not done"
+            f" (this run: {self.new_this_run} new, {self.skipped_done} already done"
+            + (f", {self.duplicates_in_manifest} duplicate manifest lines skipped" if self.duplicates_in_manifest else "")
+            + ")",
+        ]
+        if self.error_codes:
+            lines.append("errors by code: " + ", ".join(f"{c} {n}" for c, n in self.error_codes.most_common()))
+        if self.ok:
+            lines.append(f"mean reward {self.mean_reward:.4f}   mean expected_reward {self.mean_expected_reward:.4f}")
+            width = max(len(d) for d in DIMENSIONS)
+            lines.append(f"{'dimension':<{width}}  {'Good':>6} {'Normal':>6} {'Bad':>6}  mean score")
+            for d in DIMENSIONS:
+                c = self.labels[d]
+                lines.append(
+                    f"{d:<{width}}  {c['Good']:>6} {c['Normal']:>6} {c['Bad']:>6}  {self.dim_score_sum[d] / self.ok:.4f}"
+                )
+        return "\n".join(lines)
+
+
+def summarize(journal_path: Path, ids: Iterable[str]) -> Summary:
+    """Statistics over the journal, restricted to the manifest's ids (one record per id)."""
+    wanted = set(ids)
+    s = Summary(total=len(wanted))
+    seen: set[str] = set()
+    for rec in iter_records(journal_path):
+        ident = str(rec["id"])
+        if ident not in wanted or ident in seen:
+            continue
+        seen.add(ident)
+        if rec["status"] == OK:
+            s.ok += 1
+            s.reward_sum += rec["reward"]
+            s.expected_sum += rec["expected_reward"]
+            s.rewards.append(rec["reward"])
+            for d in DIMENSIONS:
+                dim = rec["dimensions"].get(d)
+                if dim:
+                    s.labels[d][dim["label"]] += 1
+                    s.dim_score_sum[d] += dim["score"]
+                    s.expected_scores[d].append(dim["expected_score"])
+        else:
+            s.errors += 1
+            s.error_codes[rec.get("error", {}).get("code", "unknown")] += 1
+    s.missing = len(wanted - seen)
+    return s
+
+
+def plot(summary: Summary, out: Path) -> None:
+    """Histograms: reward, and each dimension's expected score with its label counts."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only; never needs a display
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InvalidRequest("--plot needs matplotlib: pip install 'lift-reward[labels]'", param="plot") from None
+    fig, axes = plt.subplots(1, 1 + len(DIMENSIONS), figsize=(4.2 * (1 + len(DIMENSIONS)), 3.6))
+    bins = [i / 40 for i in range(41)]
+    axes[0].hist(summary.rewards, bins=bins, color="#4c72b0")
+    axes[0].set_title(f"reward (n={summary.ok}, mean {summary.mean_reward:.3f})" if summary.ok else "reward (no data)")
+    axes[0].set_xlabel("reward")
+    axes[0].set_ylabel("videos")
+    for ax, d in zip(axes[1:], DIMENSIONS):
+        ax.hist(summary.expected_scores[d], bins=bins, color="#55a868")
+        for x in (0.05, 0.2, 0.9):  # LiFT's label scores
+            ax.axvline(x, color="grey", lw=0.8, ls="--")
+        c = summary.labels[d]
+        ax.set_title(f"{d}\nGood {c['Good']} / Normal {c['Normal']} / Bad {c['Bad']}", fontsize=9)
+        ax.set_xlabel("expected score")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def export_lift(journal_path: Path, order: list[str], out: Path) -> int:
+    """LiFT's training format: [{"video", "caption", "score"}] with score = reward, manifest order."""
+    by_id: dict[str, tuple[str, str, float]] = {}
+    for rec in iter_records(journal_path):
+        if rec["status"] == OK:
+            by_id[str(rec["id"])] = (rec["video"], rec["prompt"], float(rec["reward"]))
+    rows = [{"video": by_id[i][0], "caption": by_id[i][1], "score": by_id[i][2]} for i in order if i in by_id]
+    _atomic_write_text(out, json.dumps(rows, ensure_ascii=False, indent=1))
+    return len(rows)
+
+
+def _flat(rec: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": str(rec["id"]), "video": rec.get("video"), "prompt": rec.get("prompt"), "status": rec["status"],
+        "reward": rec.get("reward"), "expected_reward": rec.get("expected_reward"), "model": rec.get("model"),
+        "num_frames": rec.get("num_frames"),
+        "error_code": (rec.get("error") or {}).get("code"), "error_message": (rec.get("error") or {}).get("message"),
+    }
+    dims = rec.get("dimensions") or {}
+    for d in DIMENSIONS:
+        x = dims.get(d) or {}
+        probs = x.get("probabilities") or {}
+        row[f"{d}.label"] = x.get("label")
+        row[f"{d}.score"] = x.get("score")
+        row[f"{d}.expected_score"] = x.get("expected_score")
+        for lab in LABELS:
+            row[f"{d}.p_{lab.lower()}"] = probs.get(lab)
+        row[f"{d}.rationale"] = x.get("rationale")
+    return row
+
+
+def to_parquet(journal_path: Path, out: Path, row_group: int = 10_000) -> int:
+    """Journal -> Parquet, streamed in row groups, written to a temp file and renamed (never half a file)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InvalidRequest("--format parquet needs pyarrow: pip install 'lift-reward[labels]'", param="format") from None
+    fields = [("id", pa.string()), ("video", pa.string()), ("prompt", pa.string()), ("status", pa.string()),
+              ("reward", pa.float64()), ("expected_reward", pa.float64()), ("model", pa.string()),
+              ("num_frames", pa.int32()), ("error_code", pa.string()), ("error_message", pa.string())]
+    for d in DIMENSIONS:
+        fields += [(f"{d}.label", pa.string()), (f"{d}.score", pa.float64()), (f"{d}.expected_score", pa.float64())]
+        fields += [(f"{d}.p_{lab.lower()}", pa.float64()) for lab in LABELS]
+        fields += [(f"{d}.rationale", pa.string())]
+    schema = pa.schema(fields)
+    tmp = out.with_name(out.name + ".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with pq.ParquetWriter(tmp, schema) as writer:
+        batch: list[dict[str, Any]] = []
+        for rec in iter_records(journal_path):
+            batch.append(_flat(rec))
+            if len(batch) >= row_group:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                n += len(batch)
+                batch = []
+        if batch or n == 0:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            n += len(batch)
+    os.replace(tmp, out)
+    return n
+
+
+def _atomic_write_text(out: Path, text: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
