@@ -1,0 +1,61 @@
+"""`create_app(settings, critic)`: the one place the app's parts are built and wired together.
+
+No `app.state` bag: the router closes over one `ScoringService`, the middleware gets metrics and auth
+as arguments. Several apps can live in one process (each has its own metrics registry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.app.auth import ApiKeyAuth
+from service.app.errors import install_error_handlers
+from service.app.metrics import ServiceMetrics
+from service.app.middleware import RequestMiddleware
+from service.app.routes import build_router, install_openapi
+from service.app.serving import CriticLike, ScoringService
+from service.app.settings import ServiceSettings
+
+
+def create_app(
+    settings: ServiceSettings,
+    critic: CriticLike,
+    *,
+    on_fatal: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """Build the HTTP app around a critic.
+
+    If the critic is not started yet, the app starts it in the background at startup (so /ready says
+    503 meanwhile) and stops it at shutdown; a critic that is already running is left to its owner.
+    `on_fatal` is called if the engine fails to load (the CLI uses it to exit non-zero).
+    """
+    metrics = ServiceMetrics()
+    service = ScoringService(settings, critic, metrics, on_fatal=on_fatal)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.startup()
+        try:
+            yield
+        finally:
+            await service.shutdown()
+
+    app = FastAPI(
+        title="lift-reward scoring service",
+        version="1",
+        summary="LiFT-Critic video scoring: semantic consistency, motion smoothness, video fidelity -> reward.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(build_router(service))
+    install_openapi(app)
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=metrics,
+        auth=ApiKeyAuth(settings.api_keys, protect_ops=settings.auth_ops_routes),
+        max_body_bytes=settings.max_body_bytes,
+    )
+    return app

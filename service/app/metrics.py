@@ -1,0 +1,69 @@
+"""Prometheus metrics of one app, in its own registry (several apps in one process stay apart).
+
+Names are the contract with dashboards, alerts and the autoscaler (see the project's metrics list):
+do not rename.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.protocol import ScoreResponse
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# LiFT's label scores are 0.05 / 0.2 / 0.9: buckets sit on and between them.
+_SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.0)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("lift_requests", "HTTP requests answered.", ["route", "status"], registry=r)
+        self.request_duration = Histogram(
+            "lift_request_duration_seconds", "Total time per HTTP request.", ["route"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.decode_duration = Histogram(
+            "lift_decode_duration_seconds", "Video decoding time per scored video.", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.engine_duration = Histogram(
+            "lift_engine_duration_seconds", "Engine (generation) time per scored video.", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.inflight = Gauge("lift_inflight_requests", "Scoring calls in the engine.", registry=r)
+        self.queued = Gauge("lift_queued_requests", "Scoring calls waiting for an engine slot.", registry=r)
+        self.dimension_score = Histogram(
+            "lift_dimension_score", "Per-dimension label score.", ["dimension"], buckets=_SCORE_BUCKETS, registry=r
+        )
+        self.reward = Histogram("lift_reward", "Reward per scored video (LiFT Eq. 2).", buckets=_SCORE_BUCKETS, registry=r)
+        self.parse_failures = Counter("lift_parse_failures", "Critic answers that did not parse.", registry=r)
+        self.engine_ready = Gauge("lift_engine_ready", "1 when the engine is loaded and serving.", registry=r)
+        self.rejected = Counter("lift_rejected_requests", "Requests or batch items answered with an error.", ["reason"], registry=r)
+
+    def set_queue(self, inflight: int, queued: int) -> None:
+        self.inflight.set(inflight)
+        self.queued.set(queued)
+
+    def observe_score(self, response: ScoreResponse) -> None:
+        for name, dim in response.dimensions.items():
+            self.dimension_score.labels(dimension=name).observe(dim.score)
+        self.reward.observe(response.reward)
+        t = response.timings_ms
+        decode = _first(t, ("decode", "decode_ms"))
+        engine = _first(t, ("engine", "engine_ms", "generate", "generate_ms"))
+        if decode is not None:
+            self.decode_duration.observe(decode / 1000.0)
+        if engine is not None:
+            self.engine_duration.observe(engine / 1000.0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _first(d: dict[str, float], keys: tuple[str, ...]) -> float | None:
+    for k in keys:
+        if k in d:
+            return float(d[k])
+    return None

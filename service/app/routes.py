@@ -1,0 +1,194 @@
+"""HTTP only: content types, bodies, forms and status codes in; `ScoringService` calls out.
+
+No model code here. The score routes read the body themselves (JSON or multipart on one route, and a
+batch whose items fail one by one), so their OpenAPI bodies are declared explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from pydantic import BaseModel
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from service.app.errors import MalformedBody, PayloadTooLarge, ValidationFailed, error_response
+from service.app.metrics import CONTENT_TYPE
+from service.app.serving import ScoringService, parse_json_async, parse_options, parse_prompt, parse_score_request
+from service.errors import InvalidVideo, UnsupportedMedia, VideoTooLarge
+from service.protocol import (
+    BatchScoreRequest,
+    BatchScoreResponse,
+    ErrorResponse,
+    ModelList,
+    ScoreRequest,
+    ScoreResponse,
+)
+
+MAX_FORM_FIELD_BYTES = 1024 * 1024  # prompt/options parts; the prompt's own limit is checked after
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": desc}
+    for code, desc in {
+        400: "Malformed body (not JSON, not UTF-8, broken form).",
+        401: "Missing or invalid API key.",
+        403: "Media source not allowed (outside the media root, private address, ...).",
+        413: "Video or body over LIFT_MAX_VIDEO_BYTES.",
+        415: "Body is neither JSON nor multipart/form-data.",
+        422: "Invalid fields, or a video that cannot be decoded or fetched.",
+        429: "Overloaded; see Retry-After.",
+        503: "Engine loading or failed; see Retry-After.",
+        504: "Request timed out.",
+    }.items()
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_SCORE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _ref("ScoreRequest")},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["video", "prompt"],
+                    "properties": {
+                        "video": {"type": "string", "format": "binary", "description": "The video file."},
+                        "prompt": {"type": "string", "description": "The caption the video was generated from."},
+                        "options": {"type": "string", "description": "ScoreOptions as a JSON object."},
+                    },
+                }
+            },
+        },
+    }
+}
+_BATCH_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BatchScoreRequest")}}}}
+EXTRA_SCHEMAS = (ScoreRequest, BatchScoreRequest)
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _read_json(request: Request) -> Any:
+    media = _media_type(request)
+    if media and media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMedia(f"Content-Type {media!r} is not supported here; send application/json")
+    return await parse_json_async(await request.body())
+
+
+def _json(model: BaseModel) -> Response:
+    # Serialise once (the model is already valid); response_model only documents the shape.
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+def build_router(service: ScoringService) -> APIRouter:
+    router = APIRouter()
+    max_video = service.settings.max_video_bytes
+
+    @router.post(
+        "/v1/score",
+        response_model=ScoreResponse,
+        responses=_ERRORS,
+        openapi_extra=_SCORE_BODY,
+        summary="Score one video on LiFT's three dimensions",
+    )
+    async def score(request: Request) -> Response:
+        async with service.admission.admit():  # before reading the body: bounds memory under a burst
+            media = _media_type(request)
+            if media == "multipart/form-data":
+                video, prompt, options = await _read_form(request, max_video)
+                return _json(await service.score_upload(video, prompt, options))
+            data = await _read_json(request)
+            return _json(await service.score(parse_score_request(data)))
+
+    @router.post(
+        "/v1/score/batch",
+        response_model=BatchScoreResponse,
+        responses=_ERRORS,
+        openapi_extra=_BATCH_BODY,
+        summary="Score up to 64 videos; each item gets its result or its own error, in order",
+    )
+    async def score_batch(request: Request) -> Response:
+        async with service.admission.admit():
+            data = await _read_json(request)
+            return _json(await service.score_batch(data))
+
+    @router.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]}, summary="The served critic")
+    async def models() -> ModelList:
+        return service.models()
+
+    @router.get("/health", summary="Liveness: the process answers", responses={503: _ERRORS[503]})
+    async def health() -> Response:
+        if service.load_error is not None:  # a failed load will not heal: let the orchestrator restart us
+            return error_response(service.readiness_error())
+        return JSONResponse({"status": "ok"})
+
+    @router.get("/ready", summary="Readiness: the engine is loaded", responses={503: _ERRORS[503]})
+    async def ready() -> Response:
+        if not service.ready:
+            return error_response(service.readiness_error())
+        return JSONResponse({"status": "ready"})
+
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+    return router
+
+
+async def _read_form(request: Request, max_video: int) -> tuple[bytes, str, Any]:
+    try:
+        form = await request.form(max_files=1, max_fields=8, max_part_size=MAX_FORM_FIELD_BYTES)
+    except MultiPartException as exc:
+        text = str(exc.message)
+        if "maximum size" in text.lower():
+            raise PayloadTooLarge(f"multipart field too large: {text}") from None
+        raise MalformedBody(f"broken multipart form: {text}") from None
+    try:
+        video = form.get("video")
+        prompt = form.get("prompt")
+        options_raw = form.get("options")
+        if not isinstance(video, UploadFile):
+            raise ValidationFailed("multipart form needs a 'video' file field", param="video")
+        if not isinstance(prompt, str):
+            raise ValidationFailed("multipart form needs a 'prompt' text field", param="prompt")
+        if options_raw is not None and not isinstance(options_raw, str):
+            raise ValidationFailed("'options' must be a text field holding JSON", param="options")
+        if video.size is not None and video.size > max_video:
+            raise VideoTooLarge(f"video is {video.size} bytes, over the limit of {max_video}", param="video")
+        data = await video.read(max_video + 1)  # spooled to disk by the parser; read capped
+        if len(data) > max_video:
+            raise VideoTooLarge(f"video is over the limit of {max_video} bytes", param="video")
+        if not data:
+            raise InvalidVideo("the uploaded video is empty (0 bytes)", param="video")
+        # Same rules as JSON: the prompt field's own constraints, the options model.
+        return data, parse_prompt(prompt), parse_options(options_raw)
+    finally:
+        await form.close()
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Add the hand-declared request bodies' models to the generated schema's components."""
+    from pydantic.json_schema import models_json_schema
+
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = original()
+        _, defs = models_json_schema([(m, "validation") for m in EXTRA_SCHEMAS], ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, s in defs.get("$defs", {}).items():
+            components.setdefault(name, s)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

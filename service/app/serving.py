@@ -1,0 +1,304 @@
+"""The work behind each route (vLLM's `serving_*` split): validate -> fetch media -> admit -> score -> respond.
+
+Knows protocol models, the media connector and the critic's public API; knows nothing of HTTP (no
+Request, no status codes). LitServe's decode/predict/encode steps map to `parse_*`, `_score_one`, the
+ScoreResponse the critic returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+
+from pydantic import TypeAdapter, ValidationError
+
+from service.app import context
+from service.app.admission import Admission
+from service.app.errors import MalformedBody, ValidationFailed, error_detail, validation_failed
+from service.app.metrics import ServiceMetrics
+from service.app.settings import ServiceSettings
+from service.errors import (
+    AnswerParseError,
+    EngineError,
+    EngineNotReady,
+    LiftError,
+    ModelLoadError,
+    RequestTimeout,
+)
+from service.fetch import FetchPolicy, MediaConnector, decode_base64, resolve_path
+from service.protocol import (
+    BatchItemError,
+    BatchScoreResponse,
+    ModelCard,
+    ModelList,
+    ScoreOptions,
+    ScoreRequest,
+    ScoreResponse,
+)
+
+log = logging.getLogger("lift.service")
+
+MAX_BATCH_ITEMS = 64
+_OFFLOAD_JSON_BYTES = 256 * 1024  # parse bigger bodies in a thread: keep the event loop responsive
+
+
+class CriticLike(Protocol):
+    """What the service needs from `service.critic.Critic` (kept narrow on purpose)."""
+
+    @property
+    def ready(self) -> bool: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def score(self, video: Any, prompt: str, options: ScoreOptions | None = None, *, limits: Any = None) -> ScoreResponse: ...
+    def model_card(self) -> ModelCard: ...
+
+
+def parse_json(body: bytes) -> Any:
+    """Bytes -> JSON value; non-UTF-8 and malformed JSON are the client's 400, never a crash."""
+    if not body:
+        raise MalformedBody("request body is empty; send JSON or a multipart form")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedBody(f"request body is not UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise MalformedBody(f"request body is not valid JSON{where}") from None
+
+
+async def parse_json_async(body: bytes) -> Any:
+    if len(body) > _OFFLOAD_JSON_BYTES:
+        return await asyncio.to_thread(parse_json, body)
+    return parse_json(body)
+
+
+def parse_score_request(data: Any, *, prefix: str = "") -> ScoreRequest:
+    if not isinstance(data, dict):
+        raise ValidationFailed("expected a JSON object", param=prefix or None)
+    try:
+        return ScoreRequest.model_validate(data)
+    except ValidationError as exc:
+        raise validation_failed(exc.errors(include_url=False), prefix) from None
+
+
+_PROMPT = TypeAdapter(Annotated[str, ScoreRequest.model_fields["prompt"]])
+
+
+def parse_prompt(prompt: str, *, param: str = "prompt") -> str:
+    """A prompt that did not come inside a ScoreRequest (multipart): the same field rules."""
+    try:
+        return _PROMPT.validate_python(prompt)
+    except ValidationError as exc:
+        raise validation_failed([{**e, "loc": (param,)} for e in exc.errors(include_url=False)]) from None
+
+
+def parse_options(raw: str | None) -> ScoreOptions:
+    """The multipart `options` field: a JSON object, optional."""
+    if raw is None or not raw.strip():
+        return ScoreOptions()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        raise ValidationFailed("options must be a JSON object", param="options") from None
+    if not isinstance(data, dict):
+        raise ValidationFailed("options must be a JSON object", param="options")
+    try:
+        return ScoreOptions.model_validate(data)
+    except ValidationError as exc:
+        raise validation_failed(exc.errors(include_url=False), "options") from None
+
+
+class ScoringService:
+    """One per app: the critic, the connector, admission and metrics, wired explicitly."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        critic: CriticLike,
+        metrics: ServiceMetrics,
+        *,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.critic = critic
+        self.metrics = metrics
+        self.admission = Admission(settings.max_inflight, settings.max_queue, on_change=metrics.set_queue)
+        self.connector = MediaConnector(
+            FetchPolicy(
+                media_root=settings.media_root,
+                max_bytes=settings.max_video_bytes,
+                url_allowlist=tuple(settings.url_allowlist),
+                allow_private_urls=settings.allow_private_urls,
+                fetch_timeout_s=settings.fetch_timeout_s,
+                max_redirects=settings.max_redirects,
+            )
+        )
+        self._on_fatal = on_fatal
+        self._started_engine = False  # stop only what we started (a shared critic stays up)
+        self._start_task: asyncio.Task[None] | None = None
+        self.load_error: str | None = None
+        self._limits = self._media_limits()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        if self.critic.ready:
+            self.metrics.engine_ready.set(1)
+            return
+        self.metrics.engine_ready.set(0)
+        # Load in the background: the server answers /health and /ready (503) while the engine loads.
+        self._start_task = asyncio.create_task(self._start_engine(), name="lift-engine-start")
+
+    async def _start_engine(self) -> None:
+        started = time.perf_counter()
+        try:
+            await self.critic.start()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - any load failure must surface, not hang /ready
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("engine failed to start: %s", self.load_error)
+            if self._on_fatal is not None:
+                self._on_fatal(exc)
+            return
+        self._started_engine = True
+        self.metrics.engine_ready.set(1)
+        log.info("engine ready", extra={"fields": {"load_s": round(time.perf_counter() - started, 2)}})
+
+    async def shutdown(self) -> None:
+        self.metrics.engine_ready.set(0)
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+        if self._started_engine:
+            await self.critic.stop()
+        await self.connector.aclose()
+
+    @property
+    def ready(self) -> bool:
+        return self.critic.ready and self.load_error is None
+
+    def readiness_error(self) -> LiftError:
+        if self.load_error is not None:
+            return ModelLoadError(f"the engine failed to start: {self.load_error}")
+        return EngineNotReady("the engine is still loading")
+
+    def models(self) -> ModelList:
+        return ModelList(data=[self.critic.model_card()])
+
+    # -- scoring ---------------------------------------------------------------------------------------
+    def _media_limits(self) -> Any:
+        """The critic's media limits with this server's byte cap applied (decoding re-checks sizes)."""
+        base = getattr(self.critic, "limits", None)
+        if base is not None and dataclasses.is_dataclass(base):
+            return dataclasses.replace(base, max_bytes=min(getattr(base, "max_bytes", self.settings.max_video_bytes), self.settings.max_video_bytes))
+        return base
+
+    async def _video_of(self, request: ScoreRequest, prefix: str) -> bytes | Path:
+        src = request.video
+        p = f"{prefix}video" if prefix else "video"
+        if src.path is not None:
+            return await asyncio.to_thread(resolve_path, self.connector.policy, src.path, param=f"{p}.path")
+        if src.url is not None:
+            try:
+                return await self.connector.fetch(src.url)
+            except LiftError as exc:
+                if exc.param == "video.url" and prefix:
+                    exc.param = f"{p}.url"
+                raise
+        assert src.base64 is not None
+        text = src.base64
+        if len(text) > _OFFLOAD_JSON_BYTES:
+            return await asyncio.to_thread(decode_base64, text, self.settings.max_video_bytes, param=f"{p}.base64")
+        return decode_base64(text, self.settings.max_video_bytes, param=f"{p}.base64")
+
+    async def _score_video(self, video: bytes | Path, prompt: str, options: ScoreOptions) -> ScoreResponse:
+        if not self.ready:
+            raise self.readiness_error()
+        queued_at = time.perf_counter()
+        async with self.admission.engine_slot():
+            queue_ms = (time.perf_counter() - queued_at) * 1000
+            try:
+                response = await self.critic.score(video, prompt, options, limits=self._limits)
+            except AnswerParseError:
+                self.metrics.parse_failures.inc()
+                raise
+            except LiftError:
+                raise
+            except (RuntimeError, OSError) as exc:
+                # vLLM reports a dead engine this way; the client may retry elsewhere.
+                log.exception("engine failure")
+                raise EngineError(f"the engine failed: {type(exc).__name__}") from exc
+        response.timings_ms["queue"] = round(queue_ms, 3)
+        self.metrics.observe_score(response)
+        return response
+
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        """One JSON score request, under the per-request deadline."""
+        return await self._with_deadline(self._score_request(request, prefix=""))
+
+    async def score_upload(self, video: bytes, prompt: str, options: ScoreOptions) -> ScoreResponse:
+        """A multipart upload: the bytes are already here and already size-checked."""
+        return await self._with_deadline(self._timed(video, prompt, options, fetch_ms=0.0))
+
+    async def _score_request(self, request: ScoreRequest, prefix: str) -> ScoreResponse:
+        t0 = time.perf_counter()
+        video = await self._video_of(request, prefix)
+        fetch_ms = (time.perf_counter() - t0) * 1000
+        return await self._timed(video, request.prompt, request.options, fetch_ms=fetch_ms)
+
+    async def _timed(self, video: bytes | Path, prompt: str, options: ScoreOptions, *, fetch_ms: float) -> ScoreResponse:
+        t0 = time.perf_counter()
+        response = await self._score_video(video, prompt, options)
+        response.timings_ms["fetch"] = round(fetch_ms, 3)
+        response.timings_ms["total"] = round(fetch_ms + (time.perf_counter() - t0) * 1000, 3)
+        for k, v in response.timings_ms.items():
+            context.note_timing(k, v)
+        return response
+
+    async def _with_deadline(self, coro: Any) -> ScoreResponse:
+        timeout = self.settings.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                return await coro
+        except TimeoutError:
+            raise RequestTimeout(f"scoring took longer than {timeout:g}s (LIFT_REQUEST_TIMEOUT_S)") from None
+
+    async def score_batch(self, data: Any) -> BatchScoreResponse:
+        """Items are validated and scored one by one: a bad item becomes its own error, in its place."""
+        if not isinstance(data, dict) or set(data) - {"items"} or not isinstance(data.get("items"), list):
+            raise ValidationFailed("expected {\"items\": [score request, ...]}", param="items")
+        items = data["items"]
+        if not 1 <= len(items) <= MAX_BATCH_ITEMS:
+            raise ValidationFailed(f"items must hold 1 to {MAX_BATCH_ITEMS} requests, got {len(items)}", param="items")
+        ctx = context.current()
+        if ctx is not None:
+            ctx.items = len(items)
+        if not self.ready:  # the whole batch would fail the same way: say it once, with Retry-After
+            raise self.readiness_error()
+        timeout = self.settings.request_timeout_s
+
+        async def one(i: int, raw: Any) -> ScoreResponse | BatchItemError:
+            prefix = f"items.{i}."
+            try:
+                request = parse_score_request(raw, prefix=f"items.{i}")
+                async with asyncio.timeout(timeout):
+                    return await self._score_request(request, prefix)
+            except TimeoutError:
+                return self._item_error(RequestTimeout(f"item {i} took longer than {timeout:g}s"))
+            except LiftError as exc:
+                return self._item_error(exc)
+
+        results = await asyncio.gather(*(one(i, raw) for i, raw in enumerate(items)))
+        return BatchScoreResponse(results=list(results))
+
+    def _item_error(self, exc: LiftError) -> BatchItemError:
+        self.metrics.rejected.labels(reason=exc.code).inc()
+        return BatchItemError(error=error_detail(exc))
+

@@ -1,0 +1,80 @@
+"""Service settings: `LIFT_*` environment variables and `lift serve` flags, validated once at start.
+
+Flags win over the environment (the CLI passes them as init arguments). API keys are `SecretStr`, so
+neither `repr` nor `public_view()` ever shows them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DEMO_DIR = Path("~/.cache/lift-reward/demo-critic").expanduser()
+
+
+def _split_csv(value: Any) -> Any:
+    """`LIFT_API_KEYS=a,b` and `LIFT_URL_ALLOWLIST=x.com, y.org`: comma-separated, blanks dropped."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LIFT_", extra="ignore", validate_default=True)
+
+    model: Path | None = Field(None, description="Critic checkpoint folder.")
+    engine: Literal["vllm", "transformers"] = Field("vllm", description="Inference engine.")
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, ge=0, le=65535, description="Bind port (0 = any free port).")
+    demo: bool = Field(False, description="Serve the tiny random demo critic (built on first use).")
+    demo_dir: Path = Field(DEFAULT_DEMO_DIR, description="Where the demo critic is built and cached.")
+
+    media_root: Path | None = Field(None, description="Server folder `video.path` may read from; unset = paths off.")
+    max_video_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest video accepted (upload, base64, URL, path).")
+    url_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Hosts `video.url` may name; empty = any public host.")
+    allow_private_urls: bool = Field(False, description="Allow URLs resolving to loopback/private/link-local addresses (metadata stays refused).")
+    fetch_timeout_s: float = Field(30.0, gt=0, description="Time limit for downloading one video URL.")
+    max_redirects: int = Field(5, ge=0, le=20)
+
+    max_inflight: int = Field(16, ge=1, description="Requests in the engine at once (vLLM batches them continuously).")
+    max_queue: int = Field(64, ge=0, description="Requests waiting for an engine slot; beyond that: 429.")
+    request_timeout_s: float = Field(120.0, gt=0, description="Per-request deadline (fetch + wait + scoring): 504.")
+    shutdown_timeout_s: float | None = Field(None, gt=0, description="Graceful-shutdown bound; default request_timeout_s + 10.")
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description="Bearer keys for /v1/*; empty = auth off.")
+    auth_ops_routes: bool = Field(False, description="Also require a key for /health, /ready, /metrics.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("url_allowlist", "api_keys", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ServiceSettings":
+        if self.media_root is not None:
+            self.media_root = self.media_root.expanduser()
+            if not self.media_root.is_dir():
+                raise ValueError(f"LIFT_MEDIA_ROOT {self.media_root} is not a folder")
+        self.demo_dir = self.demo_dir.expanduser()
+        return self
+
+    @property
+    def graceful_timeout_s(self) -> float:
+        return self.shutdown_timeout_s if self.shutdown_timeout_s is not None else self.request_timeout_s + 10.0
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest request body: a base64 video of max_video_bytes plus room for the rest of the JSON."""
+        return (self.max_video_bytes + 2) // 3 * 4 + 1024 * 1024
+
+    def public_view(self) -> dict[str, Any]:
+        """What may be printed or logged: everything but the keys themselves."""
+        out = self.model_dump(mode="json", exclude={"api_keys"})
+        out["api_keys"] = f"{len(self.api_keys)} configured" if self.api_keys else "off"
+        return out
