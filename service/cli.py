@@ -1,0 +1,112 @@
+"""`lift serve` and `lift make-tiny-critic` (service side of the `lift` CLI).
+
+Nothing heavy at import time: torch, vllm and the app are imported inside the handlers.
+(`lift score` lives in clients.commands: it scores through a server or, with --model, in-process.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a critic over HTTP (POST /v1/score, /v1/score/batch, /health, /ready, /metrics, /docs)",
+        description="Serve a LiFT critic behind the scoring API. Settings come from flags and LIFT_* "
+        "environment variables (LIFT_MEDIA_ROOT, LIFT_MAX_VIDEO_BYTES, LIFT_MAX_INFLIGHT, LIFT_MAX_QUEUE, "
+        "LIFT_REQUEST_TIMEOUT_S, LIFT_API_KEYS, LIFT_URL_ALLOWLIST, LIFT_ALLOW_PRIVATE_URLS, ...); flags win. "
+        "The server answers /health at once and /ready (503) until the engine has loaded. SIGTERM drains "
+        "in-flight requests and exits 0.",
+    )
+    p.add_argument("--model", type=Path, default=None, help="critic checkpoint folder (or LIFT_MODEL)")
+    p.add_argument("--engine", choices=("vllm", "transformers"), default=None, help="inference engine (default vllm)")
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="bind port (default 8000)")
+    p.add_argument("--demo", action="store_true", default=None,
+                   help="serve the tiny random demo critic, built into ~/.cache/lift-reward/demo-critic on first use")
+    p.add_argument("--media-root", type=Path, default=None, help="folder video.path may read from (default: paths off)")
+    p.set_defaults(func=serve_command)
+
+    t = subparsers.add_parser(
+        "make-tiny-critic",
+        help="build a tiny random critic checkpoint (for tests and demos; no download)",
+        description="Build a tiny random critic of the given family into DIR, offline, in seconds. "
+        "Both engines (vLLM and transformers) load it.",
+    )
+    t.add_argument("dir", type=Path, help="output folder")
+    t.add_argument("--family", default="qwen2_vl", choices=("qwen2_vl", "vila"), help="critic family")
+    t.add_argument("--seed", type=int, default=0, help="random seed for weights and tokenizer")
+    t.set_defaults(func=make_tiny_critic_command)
+
+
+def make_tiny_critic_command(args: argparse.Namespace) -> int:
+    from service.tiny_critic import build_tiny_critic
+
+    out = build_tiny_critic(args.dir, family=args.family, seed=args.seed)
+    print(out)
+    return 0
+
+
+def _settings_from(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from service.app.settings import ServiceSettings
+    from service.errors import InvalidRequest
+
+    flags = {k: getattr(args, k) for k in ("model", "engine", "host", "port", "demo", "media_root")}
+    try:
+        return ServiceSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        where = ".".join(str(p) for p in e["loc"]) or "settings"
+        raise InvalidRequest(f"{where}: {e['msg']}") from None
+
+
+def ensure_demo_critic(folder: Path) -> Path:
+    """Build the demo critic once; later starts reuse it."""
+    if (folder / "config.json").is_file():
+        return folder
+    from service.tiny_critic import build_tiny_critic
+
+    print(f"lift serve: building the demo critic into {folder} (once)", file=sys.stderr)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return Path(build_tiny_critic(folder, family="qwen2_vl", seed=0))
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from service.app.logs import configure_logging
+    from service.errors import InvalidRequest
+
+    settings = _settings_from(args)
+    if settings.demo:
+        settings.model = ensure_demo_critic(settings.demo_dir)
+    if settings.model is None:
+        raise InvalidRequest("give --model DIR (or LIFT_MODEL), or --demo")
+    if not settings.model.is_dir():
+        raise InvalidRequest(f"--model {settings.model} is not a folder")
+    configure_logging(settings.log_level)
+    print(json.dumps({"msg": "lift serve settings", **settings.public_view()}), file=sys.stderr, flush=True)
+
+    from service.app import create_app
+    from service.app.server import GracefulServer, uvicorn_config
+    from service.critic import Critic
+
+    critic = Critic.from_pretrained(settings.model, engine=settings.engine)
+    failed: list[BaseException] = []
+
+    def on_fatal(exc: BaseException) -> None:
+        failed.append(exc)
+        server.should_exit = True  # a server without an engine is no use: exit non-zero
+
+    app = create_app(settings, critic, on_fatal=on_fatal)
+    server = GracefulServer(uvicorn_config(app, settings))
+    server.run()
+    if failed:
+        print(f"lift serve: error: the engine failed to start: {failed[0]}", file=sys.stderr)
+        return 1
+    return 0
