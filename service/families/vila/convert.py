@@ -1,0 +1,359 @@
+"""VILA-1.5 release folders (+ LiFT-Critic's LoRA) -> one checkpoint that vLLM and the reference both load.
+
+Input: VILA's layout, `BASE/{config.json, llm/, vision_tower/, mm_projector/}`, and optionally LiFT's LoRA
+release `LORA/{adapter_config.json, adapter_model.safetensors, non_lora_trainables.bin}`.
+Output (`OUT`):
+  config.json        a LlavaConfig (SigLIP vision_config, Llama text_config) with architectures
+                     [LiftVilaForConditionalGeneration], lift_family "vila", the chat template, the real
+                     vocabulary size and the projector type; written last, so a half-written folder is never
+                     mistaken for a model
+  model-*.safetensors tensors named llm.* / vision_tower.vision_model.* / mm_projector.layers.*, one output
+                     shard per input shard: peak memory is about one source shard (a 13B is 26 GB in fp16,
+                     more than a small host's RAM)
+  tokenizer, processor  the LLM's tokenizer + `<image>`; LlavaProcessor(SigLIP image processor, tokenizer)
+  generation_config.json, lift_critic.json (provenance)
+
+The LoRA is merged as W += s * B @ A with s = alpha / r (alpha / sqrt(r) for rsLoRA; peft's rank_pattern /
+alpha_pattern honoured), in float32, then cast back to the tensor's dtype. `non_lora_trainables.bin` tensors
+(the projector LiFT trained alongside) replace the base's. `<image>` gets a token id past the LLM's vocabulary;
+the embedding and lm_head get zero rows up to a multiple of 64 so that id is in-vocab (vLLM's logprob gather
+needs that), and both engines mask those rows' logits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.errors import ModelLoadError
+from service.families.vila import (ARCHITECTURE, CHAT_TEMPLATE_KEY, FAMILY_KEY, IMAGE_TOKEN, PROJECTOR_KEY,
+                                   TEXT_VOCAB_KEY)
+from service.families.vila.prompt import CHAT_TEMPLATES, choose_template
+
+PARTS = ("llm", "vision_tower", "mm_projector")
+VOCAB_MULTIPLE = 64
+
+
+@dataclass
+class ConversionReport:
+    out_dir: Path
+    chat_template: str
+    image_token_id: int
+    text_vocab_size: int
+    padded_vocab_size: int
+    num_tensors: int = 0
+    merged_lora_modules: list[str] = field(default_factory=list)
+    replaced_tensors: list[str] = field(default_factory=list)
+
+
+# ---- reading VILA's folders -----------------------------------------------------------------------------
+def _json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelLoadError(f"missing {what}: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files:
+        raise ModelLoadError(f"missing weights: {folder} has no *.safetensors (or *.bin) files")
+    return files
+
+
+def _iter_tensors(path: Path) -> Iterator[tuple[str, Any]]:
+    """Tensors of one shard, one at a time where the format allows (safetensors is read lazily)."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    yield key, f.get_tensor(key)
+        except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
+            if isinstance(exc, ModelLoadError):
+                raise
+            raise ModelLoadError(f"cannot read {path}: {exc}") from None
+    else:
+        import torch
+
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read {path}: {exc}") from None
+        yield from state.items()
+
+
+def _canonical_key(key: str) -> str | None:
+    """A key from a LoRA/LLaVA training dump -> `part.rest` (part in PARTS), or None if it names no part.
+
+    Training wrappers prefix names differently (peft: `base_model.model.`, DeepSpeed/LLaVA: `model.`)."""
+    for prefix in ("base_model.model.", "base_model.", "model.", ""):
+        if key.startswith(prefix) and key[len(prefix):].split(".", 1)[0] in PARTS:
+            return key[len(prefix):]
+    return None
+
+
+def _vision_key(key: str) -> str:
+    # transformers 5 saves SiglipVisionModel without the `vision_model.` prefix VILA's 4.x-era files carry.
+    return key if key.startswith("vision_model.") else f"vision_model.{key}"
+
+
+# ---- the LoRA release ----------------------------------------------------------------------------------
+@dataclass
+class _LoraModule:
+    a: Any = None
+    b: Any = None
+
+
+class LoraRelease:
+    """LiFT's LoRA release, checked up front (before any output is written)."""
+
+    def __init__(self, lora_dir: Path) -> None:
+        import torch
+
+        self.dir = lora_dir
+        if not lora_dir.is_dir():
+            raise ModelLoadError(f"LoRA folder not found: {lora_dir}")
+        cfg = _json(lora_dir / "adapter_config.json", "LoRA adapter config")
+        if cfg.get("peft_type", "LORA") != "LORA":
+            raise ModelLoadError(f"{lora_dir}: adapter type {cfg.get('peft_type')!r} is not a LoRA")
+        if cfg.get("use_dora"):
+            raise ModelLoadError(f"{lora_dir}: DoRA adapters cannot be merged by this converter")
+        try:
+            self.r = int(cfg["r"])
+            self.alpha = float(cfg["lora_alpha"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelLoadError(f"{lora_dir}/adapter_config.json lacks a valid r / lora_alpha") from None
+        self.rslora = bool(cfg.get("use_rslora"))
+        self.fan_in_fan_out = bool(cfg.get("fan_in_fan_out"))
+        self.rank_pattern: dict[str, int] = cfg.get("rank_pattern") or {}
+        self.alpha_pattern: dict[str, float] = cfg.get("alpha_pattern") or {}
+
+        weights = lora_dir / "adapter_model.safetensors"
+        if not weights.is_file():
+            weights = lora_dir / "adapter_model.bin"
+        if not weights.is_file():
+            raise ModelLoadError(f"missing LoRA weights: {lora_dir}/adapter_model.safetensors")
+        self.modules: dict[str, _LoraModule] = {}  # "llm.model.layers.0.self_attn.q_proj" -> A, B
+        pat = re.compile(r"^(?P<mod>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+        for key, t in _iter_tensors(weights):
+            m = pat.match(key)
+            if m is None:
+                raise ModelLoadError(f"{weights.name}: tensor {key!r} is not a LoRA A/B matrix (embedding LoRA, "
+                                     "modules_to_save or biases are not supported)")
+            mod = _canonical_key(m.group("mod"))
+            if mod is None:
+                raise ModelLoadError(f"{weights.name}: LoRA tensor {key!r} targets no part of VILA ({', '.join(PARTS)})")
+            entry = self.modules.setdefault(mod, _LoraModule())
+            setattr(entry, m.group("ab").lower(), t)
+        if not self.modules:
+            raise ModelLoadError(f"{weights} holds no LoRA tensors")
+        for mod, e in self.modules.items():
+            if e.a is None or e.b is None:
+                raise ModelLoadError(f"LoRA module {mod} has lora_{'A' if e.a is None else 'B'} missing")
+            if e.a.dim() != 2 or e.b.dim() != 2 or e.a.shape[0] != e.b.shape[1]:
+                raise ModelLoadError(f"LoRA module {mod}: A {tuple(e.a.shape)} and B {tuple(e.b.shape)} do not chain")
+
+        non_lora_path = lora_dir / "non_lora_trainables.bin"
+        if not non_lora_path.is_file():
+            raise ModelLoadError(f"missing {non_lora_path} (LiFT's release ships the projector weights it trained)")
+        try:
+            raw = torch.load(str(non_lora_path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read {non_lora_path}: {exc}") from None
+        self.replacements: dict[str, Any] = {}
+        for key, t in raw.items():
+            canon = _canonical_key(key)
+            if canon is None:
+                raise ModelLoadError(f"non_lora_trainables.bin: {key!r} names no part of VILA ({', '.join(PARTS)})")
+            self.replacements[canon] = t
+
+    def scale(self, module: str) -> float:
+        r, alpha = self.r, self.alpha
+        for pattern, value in self.rank_pattern.items():  # peft: a pattern matches a suffix of the name
+            if re.match(rf"(.*\.)?({pattern})$", module):
+                r = int(value)
+                break
+        for pattern, value in self.alpha_pattern.items():
+            if re.match(rf"(.*\.)?({pattern})$", module):
+                alpha = float(value)
+                break
+        return alpha / math.sqrt(r) if self.rslora else alpha / r
+
+
+def merge_lora_weight(weight: Any, a: Any, b: Any, scale: float, fan_in_fan_out: bool = False) -> Any:
+    """W + scale * B @ A, computed in float32 and returned in W's dtype."""
+    delta = (b.float() @ a.float()) * scale
+    if fan_in_fan_out:
+        delta = delta.T
+    if tuple(delta.shape) != tuple(weight.shape):
+        raise ModelLoadError(f"LoRA update {tuple(delta.shape)} does not fit weight {tuple(weight.shape)}")
+    return (weight.float() + delta).to(weight.dtype)
+
+
+# ---- conversion ----------------------------------------------------------------------------------------
+def _check_layout(base: Path) -> dict[str, Any]:
+    if not base.is_dir():
+        raise ModelLoadError(f"VILA folder not found: {base}")
+    top = _json(base / "config.json", "VILA top-level config")
+    for part in PARTS:
+        if not (base / part).is_dir():
+            raise ModelLoadError(f"missing part {part}/ in {base} (VILA-1.5 layout: llm/, vision_tower/, mm_projector/)")
+        _json(base / part / "config.json", f"{part} config")
+        _weight_files(base / part)
+    return top
+
+
+def convert_vila(base_dir: str | Path, out_dir: str | Path, lora_dir: str | Path | None = None, *,
+                 chat_template: str | None = None,
+                 progress: Callable[[str], None] | None = None) -> ConversionReport:
+    """Convert (and merge); raises ModelLoadError naming the missing or mismatched part."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import (AutoTokenizer, LlamaConfig, LlavaConfig, LlavaProcessor, SiglipImageProcessor,
+                              SiglipVisionConfig)
+
+    from service.families.vila.projector import num_output_tokens, projector_shapes
+
+    say = progress or (lambda _msg: None)
+    base, out = Path(base_dir), Path(out_dir)
+    if out.resolve() == base.resolve():
+        raise ModelLoadError("--out must differ from --base (the converter does not convert in place)")
+    top = _check_layout(base)
+    select_feature = top.get("mm_vision_select_feature", "cls_patch")
+    if select_feature != "cls_patch":
+        raise ModelLoadError(f"mm_vision_select_feature {select_feature!r}: only 'cls_patch' (all tokens) is supported")
+    proj_type = _json(base / "mm_projector" / "config.json", "projector config").get("mm_projector_type")
+    if proj_type != "mlp_downsample":
+        raise ModelLoadError(f"projector type {proj_type!r}: only VILA-1.5's 'mlp_downsample' is supported")
+    vision_raw = _json(base / "vision_tower" / "config.json", "vision tower config")
+    if vision_raw.get("model_type") != "siglip_vision_model":
+        raise ModelLoadError(f"vision tower {vision_raw.get('model_type')!r}: only SigLIP is supported so far "
+                             "(VILA1.5-40b's InternViT is not)")
+    if top.get("image_aspect_ratio", "resize") != "resize":
+        raise ModelLoadError(f"image_aspect_ratio {top.get('image_aspect_ratio')!r}: only 'resize' is supported")
+    lora = LoraRelease(Path(lora_dir)) if lora_dir is not None else None
+
+    text_cfg = LlamaConfig.from_pretrained(str(base / "llm"))
+    vision_cfg = SiglipVisionConfig.from_pretrained(str(base / "vision_tower"))
+    expected_proj = projector_shapes(vision_cfg.hidden_size, text_cfg.hidden_size)
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base / "llm"))
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    image_token_id = int(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+    text_vocab = int(text_cfg.vocab_size)
+    padded_vocab = max(text_vocab, math.ceil((image_token_id + 1) / VOCAB_MULTIPLE) * VOCAB_MULTIPLE)
+    template = chat_template or choose_template(text_cfg.to_dict(), vision_cfg.model_type,
+                                                set(tokenizer.all_special_tokens) | set(tokenizer.get_vocab()))
+    if template not in CHAT_TEMPLATES:
+        raise ModelLoadError(f"unknown chat template {template!r}; known: {', '.join(CHAT_TEMPLATES)}")
+    report = ConversionReport(out, template, image_token_id, text_vocab, padded_vocab)
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("*.safetensors"), out / "model.safetensors.index.json", out / "config.json"]:
+        stale.unlink(missing_ok=True)
+
+    pending_lora = dict(lora.modules) if lora else {}
+    pending_repl = dict(lora.replacements) if lora else {}
+    seen_proj: set[str] = set()
+    shards = [(part, f) for part in PARTS for f in _weight_files(base / part)]
+    weight_map: dict[str, str] = {}
+    total_bytes = 0
+    for n, (part, path) in enumerate(shards, 1):
+        name = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
+        say(f"[{n}/{len(shards)}] {part}/{path.name}")
+        tensors: dict[str, Any] = {}
+        for key, t in _iter_tensors(path):
+            local = _vision_key(key) if part == "vision_tower" else key
+            full = f"{part}.{local}"
+            if full in pending_repl:
+                new = pending_repl.pop(full)
+                if tuple(new.shape) != tuple(t.shape):
+                    raise ModelLoadError(f"non_lora_trainables.bin: {full} has shape {tuple(new.shape)}, "
+                                         f"the base has {tuple(t.shape)}")
+                t = new.to(t.dtype)
+                report.replaced_tensors.append(full)
+            module = full.removesuffix(".weight")
+            if module in pending_lora:
+                e = pending_lora.pop(module)
+                try:
+                    t = merge_lora_weight(t, e.a, e.b, lora.scale(module), lora.fan_in_fan_out)
+                except ModelLoadError as exc:
+                    raise ModelLoadError(f"LoRA for {module}: {exc.message} (LoRA made for another base?)") from None
+                report.merged_lora_modules.append(module)
+            if part == "mm_projector":
+                if local not in expected_proj:
+                    raise ModelLoadError(f"mm_projector has an unexpected tensor {local!r}")
+                if tuple(t.shape) != expected_proj[local]:
+                    raise ModelLoadError(f"mm_projector {local} has shape {tuple(t.shape)}, expected "
+                                         f"{expected_proj[local]} for vision width {vision_cfg.hidden_size} and "
+                                         f"LLM width {text_cfg.hidden_size}")
+                seen_proj.add(local)
+            if part == "llm" and key in ("model.embed_tokens.weight", "lm_head.weight"):
+                if t.shape[0] != text_vocab:
+                    raise ModelLoadError(f"llm {key} has {t.shape[0]} rows but the LLM config says vocab {text_vocab}")
+                if padded_vocab > text_vocab:
+                    t = torch.cat([t, t.new_zeros(padded_vocab - text_vocab, t.shape[1])])
+            tensors[full] = t.contiguous()
+        save_file(tensors, str(out / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+        total_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
+        report.num_tensors += len(tensors)
+        del tensors
+    missing_proj = sorted(set(expected_proj) - seen_proj)
+    if missing_proj:
+        raise ModelLoadError(f"mm_projector lacks {missing_proj}")
+    if pending_lora:
+        raise ModelLoadError(f"the LoRA targets {len(pending_lora)} weights the base does not have, e.g. "
+                             f"{sorted(pending_lora)[:3]} (LoRA made for another base?)")
+    if pending_repl:
+        raise ModelLoadError(f"non_lora_trainables.bin has {len(pending_repl)} tensors the base does not have, "
+                             f"e.g. {sorted(pending_repl)[:3]}")
+    (out / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}, indent=1))
+
+    tokenizer.save_pretrained(str(out))
+    image_processor = SiglipImageProcessor.from_pretrained(str(base / "vision_tower"))
+    LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=vision_cfg.patch_size,
+                   vision_feature_select_strategy="full", image_token=IMAGE_TOKEN).save_pretrained(str(out))
+    if (base / "llm" / "generation_config.json").is_file():
+        shutil.copy(base / "llm" / "generation_config.json", out / "generation_config.json")
+    (out / "lift_critic.json").write_text(json.dumps({
+        "family": "vila", "converted_from": str(base.resolve()),
+        "lora": str(Path(lora_dir).resolve()) if lora_dir else None, "chat_template": template,
+        "merged_lora_modules": len(report.merged_lora_modules), "replaced_tensors": report.replaced_tensors,
+    }, indent=1))
+
+    text_cfg.vocab_size = padded_vocab
+    text_cfg.architectures = ["LlamaForCausalLM"]
+    dtype = text_cfg.dtype or "float16"
+    config = LlavaConfig(vision_config=vision_cfg.to_dict(), text_config=text_cfg.to_dict(),
+                         image_token_index=image_token_id,
+                         vision_feature_layer=int(top.get("mm_vision_select_layer", -2)),
+                         vision_feature_select_strategy="full",  # SigLIP has no CLS: cls_patch == every token
+                         projector_hidden_act="gelu", multimodal_projector_bias=True,
+                         tie_word_embeddings=bool(getattr(text_cfg, "tie_word_embeddings", False)),
+                         image_seq_length=num_output_tokens(vision_cfg.image_size // vision_cfg.patch_size))
+    config.architectures = [ARCHITECTURE]
+    setattr(config, FAMILY_KEY, "vila")
+    setattr(config, CHAT_TEMPLATE_KEY, template)
+    setattr(config, TEXT_VOCAB_KEY, text_vocab)
+    setattr(config, PROJECTOR_KEY, proj_type)
+    config.dtype = str(dtype).removeprefix("torch.")
+    config.save_pretrained(str(out))  # last: the folder is a model only once everything else is there
+    say(f"wrote {out} ({report.num_tensors} tensors, template {template}, "
+        f"{len(report.merged_lora_modules)} LoRA modules merged)")
+    return report
+
+
+__all__ = ["ConversionReport", "LoraRelease", "convert_vila", "merge_lora_weight"]
