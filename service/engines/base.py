@@ -1,0 +1,78 @@
+"""The engine contract: a started engine answers LiFT's questions about one decoded video.
+
+Engines never see HTTP; they take frames + caption and return, per dimension, the label distribution and the
+answer text. Both engines choose the label the same way (see `select_label`), so they can be held to each other.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from service.media import VideoFrames
+from service.rubric import DIMENSION_NAMES, LABELS
+
+DEFAULT_MAX_REASON_TOKENS = 64
+# Bounded rationale: printable characters only (random or confused models otherwise emit control bytes).
+REASON_CHARS = r"[^\x00-\x1f\x7f]"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ufffd]+")
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    temperature: float = 0.0  # 0 = greedy
+    seed: int | None = None
+    max_reason_tokens: int = DEFAULT_MAX_REASON_TOKENS
+
+
+@dataclass(frozen=True)
+class CriticQuery:
+    video: VideoFrames
+    caption: str
+    sampling: SamplingOptions = SamplingOptions()
+    dimensions: tuple[str, ...] = DIMENSION_NAMES
+
+
+@dataclass
+class DimensionAnswer:
+    dimension: str
+    label: str
+    probabilities: dict[str, float]  # over the three labels, sums to 1
+    text: str  # the critic's whole answer, "<Label>. <reason>"
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache (vLLM)
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class CriticEngine(Protocol):
+    name: str
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def generate(self, query: CriticQuery) -> list[DimensionAnswer]: ...
+
+    async def stop(self) -> None: ...
+
+
+def select_label(probabilities: dict[str, float], sampling: SamplingOptions, dimension: str) -> str:
+    """Greedy: the most probable label (ties broken in LABELS order). Sampling: draw from p^(1/T), seeded
+    per dimension so the same request and seed give the same labels."""
+    if sampling.temperature <= 0:
+        return max(LABELS, key=lambda k: (probabilities[k], -LABELS.index(k)))
+    logits = np.array([math.log(max(probabilities[k], 1e-30)) / sampling.temperature for k in LABELS])
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    seed = None if sampling.seed is None else [sampling.seed, DIMENSION_NAMES.index(dimension)]
+    return str(np.random.default_rng(seed).choice(LABELS, p=p))
+
+
+def clean_reason(text: str) -> str:
+    return _CONTROL.sub(" ", text).strip()

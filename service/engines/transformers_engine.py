@@ -1,0 +1,125 @@
+"""The reference engine: the same checkpoint and prompts through a plain transformers forward.
+
+Label probabilities are computed exactly as the vLLM engine computes them (whole-sequence label scoring over
+unconstrained log-probs, restricted to the labels and renormalised), from this engine's own logits. It is what
+the vLLM engine is held to, and a fallback for hosts without vLLM. One forward at a time (a lock): it is a
+reference, not a server for load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+from service.engines.base import CriticQuery, DimensionAnswer, SamplingOptions, clean_reason, select_label
+from service.errors import EngineError, EngineNotReady
+from service.families.base import CriticFamily, label_prefixes, sequence_probabilities
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(self, model_dir: str | Path, family: CriticFamily, *, dtype: str = "float32", device: str = "cpu",
+                 num_threads: int | None = None) -> None:
+        self.model_dir = str(model_dir)
+        self.family = family
+        self.dtype = dtype
+        self.device = device
+        self.num_threads = num_threads
+        self.model: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+    async def start(self) -> None:
+        if self.model is None:
+            await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        import torch
+
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        loader = getattr(self.family, "load_hf_model", None)
+        if loader is not None:  # families transformers can't build from config alone (VILA)
+            model = loader(dtype=getattr(torch, self.dtype))
+        else:
+            from transformers import AutoModelForImageTextToText
+
+            model = AutoModelForImageTextToText.from_pretrained(self.model_dir, dtype=getattr(torch, self.dtype))
+        self.model = model.to(self.device).eval()
+        self._label_ids = self.family.label_token_ids()
+        self._prefixes = label_prefixes(self._label_ids)
+
+    async def stop(self) -> None:
+        self.model = None
+
+    async def generate(self, query: CriticQuery) -> list[DimensionAnswer]:
+        if not self.ready:
+            raise EngineNotReady("the transformers engine is not loaded")
+        return await asyncio.to_thread(self._generate_sync, query)
+
+    def _generate_sync(self, query: CriticQuery) -> list[DimensionAnswer]:
+        with self._lock:
+            try:
+                return [self._answer(d, query) for d in query.dimensions]
+            except (RuntimeError, ValueError) as exc:
+                raise EngineError(f"transformers engine failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+
+    def _answer(self, dimension: str, query: CriticQuery) -> DimensionAnswer:
+        import torch
+
+        inputs = self.family.hf_prompt(query.caption, dimension, query.video)
+        inputs = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        logprobs: dict[tuple[int, ...], dict[int, float]] = {}
+        with torch.inference_mode():
+            for prefix, next_tokens in self._prefixes.items():
+                logits = self.model(**_extend(inputs, list(prefix))).logits[0, -1].float()
+                lp = torch.log_softmax(logits, dim=-1)
+                logprobs[prefix] = {t: float(lp[t]) for t in next_tokens}
+            probabilities = sequence_probabilities(self._label_ids, logprobs)
+            label = select_label(probabilities, query.sampling, dimension)
+            reason = self._reason(inputs, self._label_ids[label], query.sampling)
+        return DimensionAnswer(dimension=dimension, label=label, probabilities=probabilities,
+                               text=f"{label}. {reason}".rstrip(), prompt_tokens=int(inputs["input_ids"].shape[1]))
+
+    def _reason(self, inputs: dict[str, Any], label_ids: list[int], sampling: SamplingOptions) -> str:
+        import torch
+
+        prefix_text = self.family.reason_prefix_text()
+        tokenizer = getattr(self.family, "tokenizer")
+        # Forced ". " (what the vLLM engine's grammar forces), then free generation of the reason.
+        forced = label_ids + tokenizer(prefix_text, add_special_tokens=False).input_ids
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        extended = _extend(inputs, forced)
+        out = self.model.generate(**extended, max_new_tokens=sampling.max_reason_tokens,
+                                  do_sample=sampling.temperature > 0,
+                                  temperature=sampling.temperature if sampling.temperature > 0 else None,
+                                  top_p=None, top_k=None)
+        new = out[0, extended["input_ids"].shape[1]:]
+        return clean_reason(tokenizer.decode(new, skip_special_tokens=True))
+
+
+def _extend(inputs: dict[str, Any], suffix: list[int]) -> dict[str, Any]:
+    """Append tokens to a processor's batch of one: ids, a 1 in the attention mask, 0 in per-token type ids."""
+    import torch
+
+    if not suffix:
+        return inputs
+    n = inputs["input_ids"].shape[1]
+    out = dict(inputs)
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == (1, n):
+            if key == "input_ids":
+                tail = torch.tensor([suffix], dtype=value.dtype, device=value.device)
+            elif key == "attention_mask":
+                tail = torch.ones((1, len(suffix)), dtype=value.dtype, device=value.device)
+            else:
+                tail = torch.zeros((1, len(suffix)), dtype=value.dtype, device=value.device)
+            out[key] = torch.cat([value, tail], dim=1)
+    return out

@@ -1,0 +1,171 @@
+"""The production engine: vLLM's in-process AsyncLLM (continuous batching, prefix caching).
+
+Per video, two rounds of requests go in concurrently:
+1. label scoring: for each question, one 1-token request per distinct label prefix asking for the
+   unconstrained log-probs of exactly the label tokens (`logprob_token_ids`), so a label the tokenizer splits
+   into several tokens is scored as its whole sequence;
+2. the answer: the chosen label is appended to the prompt and a grammar forces `. ` and a bounded reason, so
+   every answer parses as `<Label>. <reason>`.
+The frames are decoded once; all requests about one video share its prefix (system + frames + caption), which
+vLLM's prefix cache serves after the first computes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from service.engines.base import (
+    REASON_CHARS,
+    CriticQuery,
+    DimensionAnswer,
+    SamplingOptions,
+    clean_reason,
+    select_label,
+)
+from service.errors import EngineError, EngineNotReady
+from service.families.base import CriticFamily, PromptInputs, label_prefixes, sequence_probabilities
+
+log = logging.getLogger(__name__)
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        family: CriticFamily,
+        *,
+        dtype: str = "auto",
+        max_model_len: int = 4096,
+        max_num_seqs: int = 64,
+        max_num_frames: int = 16,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85,
+        block_size: int | None = None,
+        enforce_eager: bool | None = None,
+        seed: int = 0,
+        extra_engine_args: dict[str, Any] | None = None,
+    ) -> None:
+        self.model_dir = str(model_dir)
+        self.family = family
+        self._args = dict(
+            model=self.model_dir, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+            tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+            seed=seed, enable_prefix_caching=True,
+            # sampling is decided per request here, not by the checkpoint's generation_config.json
+            generation_config="vllm",
+            limit_mm_per_prompt=getattr(family, "mm_limits", lambda n: {"video": 1, "image": 0})(max_num_frames),
+            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
+        )
+        if block_size is not None:
+            self._args["block_size"] = block_size
+        if enforce_eager is None:
+            enforce_eager = _is_cpu()
+        self._args["enforce_eager"] = enforce_eager
+        self._args.update(extra_engine_args or {})
+        self._engine: Any = None
+        self._label_ids: dict[str, list[int]] = {}
+        self._prefixes: dict[tuple[int, ...], set[int]] = {}
+
+    @property
+    def ready(self) -> bool:
+        return self._engine is not None and not getattr(self._engine, "errored", False)
+
+    @property
+    def engine_args(self) -> dict[str, Any]:
+        return dict(self._args)
+
+    async def start(self) -> None:
+        if self._engine is not None:
+            return
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self._label_ids = self.family.label_token_ids()
+        self._prefixes = label_prefixes(self._label_ids)
+        args = AsyncEngineArgs(**self._args)
+        # engine construction blocks for tens of seconds (weights, KV cache, worker start): keep the loop free
+        self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        log.info("vLLM engine ready: %s", self.model_dir)
+
+    async def stop(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await asyncio.to_thread(engine.shutdown)
+
+    async def generate(self, query: CriticQuery) -> list[DimensionAnswer]:
+        if not self.ready:
+            raise EngineNotReady("the vLLM engine is not running")
+        prompts = {d: self.family.vllm_prompt(query.caption, d, query.video) for d in query.dimensions}
+        return list(await asyncio.gather(*(self._answer(d, p, query.sampling) for d, p in prompts.items())))
+
+    async def _answer(self, dimension: str, prompt: PromptInputs, sampling: SamplingOptions) -> DimensionAnswer:
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        prefixes = list(self._prefixes)
+        outs = await asyncio.gather(*(
+            self._run(prompt, list(prefix), SamplingParams(
+                max_tokens=1, temperature=0.0, logprob_token_ids=sorted(self._prefixes[prefix]), detokenize=False))
+            for prefix in prefixes
+        ))
+        logprobs = {}
+        for prefix, out in zip(prefixes, outs):
+            step = out.outputs[0].logprobs[0]
+            logprobs[prefix] = {tok: step[tok].logprob for tok in self._prefixes[prefix]}
+        probabilities = sequence_probabilities(self._label_ids, logprobs)
+        label = select_label(probabilities, sampling, dimension)
+
+        reason_prefix = self.family.reason_prefix_text()
+        max_chars = 8 * sampling.max_reason_tokens
+        regex = _regex_escape(reason_prefix) + REASON_CHARS + "{0," + str(max_chars) + "}"
+        out = await self._run(prompt, self._label_ids[label], SamplingParams(
+            max_tokens=sampling.max_reason_tokens, temperature=sampling.temperature, seed=sampling.seed,
+            structured_outputs=StructuredOutputsParams(regex=regex)))
+        generated = out.outputs[0].text
+        reason = clean_reason(generated[len(reason_prefix):] if generated.startswith(reason_prefix) else generated)
+        cached = [o.num_cached_tokens or 0 for o in outs] + [out.num_cached_tokens or 0]
+        return DimensionAnswer(
+            dimension=dimension, label=label, probabilities=probabilities, text=f"{label}. {reason}".rstrip(),
+            prompt_tokens=len(out.prompt_token_ids or []), cached_tokens=cached[0],
+            extra={"cached_tokens_all": cached, "label_requests": len(prefixes)},
+        )
+
+    async def _run(self, prompt: PromptInputs, suffix: list[int], params: Any) -> Any:
+        from vllm.inputs import TokensPrompt
+
+        request = TokensPrompt(prompt_token_ids=prompt.token_ids + suffix, multi_modal_data=prompt.vllm_mm_data)
+        request_id = uuid.uuid4().hex
+        final = None
+        try:
+            async for output in self._engine.generate(request, params, request_id):
+                final = output
+        except asyncio.CancelledError:
+            await self._engine.abort(request_id)
+            raise
+        except Exception as exc:  # the engine died or refused: a service-side failure, not the client's
+            raise EngineError(f"vLLM engine failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+        if final is None or not final.outputs:
+            raise EngineError("vLLM engine returned no output")
+        return final
+
+
+def _regex_escape(text: str) -> str:
+    import re
+
+    return re.escape(text).replace("\\ ", " ")
+
+
+def _is_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+
+        return current_platform.is_cpu()
+    except Exception:  # noqa: BLE001 - platform probing must not stop engine construction
+        return os.environ.get("VLLM_TARGET_DEVICE") == "cpu"

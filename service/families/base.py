@@ -1,0 +1,67 @@
+"""What a critic family is: how (caption, dimension, frames) become an engine prompt for that architecture.
+
+A family knows its chat template, where the frames go (one video, or N images) and how the answer's label
+is tokenized right after the assistant turn starts. Engines stay architecture-agnostic: they call these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from service.media import VideoFrames
+
+
+@dataclass
+class PromptInputs:
+    """One question about one video, as token ids (up to the start of the answer) plus the media."""
+
+    token_ids: list[int]
+    vllm_mm_data: dict[str, Any]  # vLLM multi_modal_data
+    hf_inputs: dict[str, Any] | None = None  # processor outputs for the transformers engine (lazily built)
+
+
+class CriticFamily(Protocol):
+    name: str
+
+    def vllm_prompt(self, caption: str, dimension: str, video: VideoFrames) -> PromptInputs:
+        """Token ids with the family's media placeholders (vLLM expands them) and multi_modal_data."""
+        ...
+
+    def hf_prompt(self, caption: str, dimension: str, video: VideoFrames) -> dict[str, Any]:
+        """Model inputs for a transformers forward: expanded `input_ids` (1, L) plus pixel tensors."""
+        ...
+
+    def label_token_ids(self) -> dict[str, list[int]]:
+        """Each label's token ids as they follow the assistant turn start (several when the tokenizer splits it)."""
+        ...
+
+    def reason_prefix_text(self) -> str:
+        """What follows the label in LiFT's answer format before the reason ('. ')."""
+        ...
+
+
+def label_prefixes(label_ids: dict[str, list[int]]) -> dict[tuple[int, ...], set[int]]:
+    """For scoring labels as whole token sequences: each distinct proper prefix of a label's tokens -> the
+    tokens that extend it. One forward per prefix gives p(next | prefix) for every label that goes that way."""
+    out: dict[tuple[int, ...], set[int]] = {}
+    for ids in label_ids.values():
+        for k in range(len(ids)):
+            out.setdefault(tuple(ids[:k]), set()).add(ids[k])
+    return out
+
+
+def sequence_probabilities(
+    label_ids: dict[str, list[int]], logprobs: dict[tuple[int, ...], dict[int, float]]
+) -> dict[str, float]:
+    """p(label) restricted to the labels and renormalised, each label scored as its whole token sequence:
+    log p(label) = sum_k log p(t_k | prompt, t_<k). `logprobs[prefix][token]` are unconstrained log-probs."""
+    import math
+
+    raw = {}
+    for label, ids in label_ids.items():
+        raw[label] = sum(logprobs[tuple(ids[:k])][ids[k]] for k in range(len(ids)))
+    top = max(raw.values())
+    weights = {k: math.exp(v - top) for k, v in raw.items()}
+    total = sum(weights.values())
+    return {k: w / total for k, w in weights.items()}

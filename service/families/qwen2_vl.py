@@ -1,0 +1,51 @@
+"""The `qwen2_vl` family: vLLM-native video VLMs (Qwen2-VL, Qwen2.5-VL) that take the frames as one video."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from service.families.base import PromptInputs
+from service.media import VideoFrames
+from service.rubric import LABELS, user_text
+
+ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+
+
+class Qwen2VLFamily:
+    name = "qwen2_vl"
+
+    def __init__(self, model_dir: str | Path) -> None:
+        self.model_dir = str(model_dir)
+
+    @cached_property
+    def processor(self) -> Any:
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(self.model_dir)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    def chat_text(self, caption: str, dimension: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": user_text(caption, dimension)}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def vllm_prompt(self, caption: str, dimension: str, video: VideoFrames) -> PromptInputs:
+        ids = self.tokenizer(self.chat_text(caption, dimension), add_special_tokens=False).input_ids
+        # frames are already sampled: tell the processor not to sample again (Qwen2.5-VL needs the metadata)
+        meta = {"total_num_frames": video.num_frames, "fps": video.fps or 8.0, "duration": video.duration_s,
+                "video_backend": "decord", "frames_indices": list(range(video.num_frames)), "do_sample_frames": False}
+        return PromptInputs(token_ids=list(ids), vllm_mm_data={"video": (video.frames, meta)})
+
+    def hf_prompt(self, caption: str, dimension: str, video: VideoFrames) -> dict[str, Any]:
+        return dict(self.processor(text=[self.chat_text(caption, dimension)], videos=[video.frames],
+                                   do_sample_frames=False, return_tensors="pt"))
+
+    def label_token_ids(self) -> dict[str, list[int]]:
+        return {label: self.tokenizer(label, add_special_tokens=False).input_ids for label in LABELS}
+
+    def reason_prefix_text(self) -> str:
+        return ". "
