@@ -113,7 +113,8 @@ async def _run(manifest: Manifest, todo: list[ManifestItem], journal: Journal, c
 
     queue: asyncio.Queue[ManifestItem] = asyncio.Queue()
     for it in todo:
-        queue.put_nowait(it)
+        if it.problem is None:
+            queue.put_nowait(it)
     abort: list[str] = []
     errors = 0
     bar = tqdm(total=len(todo), unit="video", desc="label", disable=not config.progress, file=sys.stderr,
@@ -127,6 +128,11 @@ async def _run(manifest: Manifest, todo: list[ManifestItem], journal: Journal, c
             bar.set_postfix(errors=errors, refresh=False)
         bar.update(1)
 
+    # Malformed manifest lines need no service: record them first, whatever happens to the replicas.
+    for it in todo:
+        if it.problem is not None:
+            record(error_record(it.id, it.video, it.prompt, InvalidRequest.code, it.problem, "manifest"))
+
     async with AsyncRewardClient(config.servers, api_key=config.api_key, retry=config.retry,
                                  timeout=config.timeout_s, max_connections=max(8, config.concurrency)) as client:
 
@@ -136,9 +142,6 @@ async def _run(manifest: Manifest, todo: list[ManifestItem], journal: Journal, c
                     it = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                if it.problem is not None:
-                    record(error_record(it.id, it.video, it.prompt, InvalidRequest.code, it.problem, "manifest"))
-                    continue
                 try:
                     video = await asyncio.to_thread(_load, manifest, it)
                     resp = await client.score(video, it.prompt, options=config.options)
