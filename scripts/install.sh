@@ -26,5 +26,6 @@ else
     bash scripts/torchvision_cpu_stub.sh "$P"
 fi
 "$P" -c "import torch, torchvision, vllm, decord, transformers, diffusers; print('install: ok torch', torch.__version__, 'vllm', vllm.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__)"
+bash scripts/install_system_tools.sh   # promtool + docker-compose for tests/deploy (apt, root only)
 touch "$VENV/.installed"
 echo "install: done in $(( $(date +%s) - t0 ))s"

@@ -30,8 +30,7 @@ made_policy=0
 if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && made_policy=1
 fi
-cleanup() { [ "$made_policy" -eq 1 ] && rm -f "$policy"; }
-trap cleanup EXIT
+trap '[ "$made_policy" -eq 1 ] && rm -f "$policy"' EXIT
 
 export DEBIAN_FRONTEND=noninteractive
 # An empty or stale package list finds nothing: update once before installing.
