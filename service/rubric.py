@@ -73,7 +73,7 @@ class ParsedAnswer:
 
 
 _LABEL_RE = re.compile(r"\b(good|normal|bad)\b", re.IGNORECASE)
-_LEADING_LABEL_RE = re.compile(r"^\W*(good|normal|bad)\b\s*[.:,;!-]*\s*", re.IGNORECASE)
+_LEADING_LABEL_RE = re.compile(r"^\W*(good|normal|bad)\b[\s.:,;!\"'*-]*", re.IGNORECASE)
 
 
 def parse_answer(text: str) -> ParsedAnswer:
