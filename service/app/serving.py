@@ -55,7 +55,9 @@ class CriticLike(Protocol):
     def ready(self) -> bool: ...
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
-    async def score(self, video: Any, prompt: str, options: ScoreOptions | None = None, *, limits: Any = None) -> ScoreResponse: ...
+    async def score(
+        self, video: Any, prompt: str, options: ScoreOptions | None = None, *, limits: Any = None, request_id: str | None = None
+    ) -> ScoreResponse: ...
     def model_card(self) -> ModelCard: ...
 
 
@@ -146,6 +148,7 @@ class ScoringService:
         self._start_task: asyncio.Task[None] | None = None
         self.load_error: str | None = None
         self._limits = self._media_limits()
+        self._parse_failures_seen = int(getattr(critic, "parse_failures", 0) or 0)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -225,7 +228,10 @@ class ScoringService:
         async with self.admission.engine_slot():
             queue_ms = (time.perf_counter() - queued_at) * 1000
             try:
-                response = await self.critic.score(video, prompt, options, limits=self._limits)
+                ctx = context.current()
+                response = await self.critic.score(
+                    video, prompt, options, limits=self._limits, request_id=ctx.request_id if ctx else None
+                )
             except AnswerParseError:
                 self.metrics.parse_failures.inc()
                 raise
@@ -235,9 +241,18 @@ class ScoringService:
                 # vLLM reports a dead engine this way; the client may retry elsewhere.
                 log.exception("engine failure")
                 raise EngineError(f"the engine failed: {type(exc).__name__}") from exc
+            finally:
+                self._sync_parse_failures()
         response.timings_ms["queue"] = round(queue_ms, 3)
         self.metrics.observe_score(response)
         return response
+
+    def _sync_parse_failures(self) -> None:
+        # The critic counts answers it could not parse (and scored anyway); mirror them into the counter.
+        seen = int(getattr(self.critic, "parse_failures", 0) or 0)
+        if seen > self._parse_failures_seen:
+            self.metrics.parse_failures.inc(seen - self._parse_failures_seen)
+        self._parse_failures_seen = max(seen, self._parse_failures_seen)
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         """One JSON score request, under the per-request deadline."""
