@@ -63,9 +63,13 @@ def _check_prompt(prompt: str) -> None:
 
 def _score_request_kwargs(video: PreparedVideo, prompt: str, options: ScoreOptions | None) -> dict[str, Any]:
     """httpx.post kwargs for one /v1/score call: multipart for uploads, JSON otherwise."""
-    if video.kind == "bytes" and (options is None or options == ScoreOptions()):
+    if video.kind == "bytes":
+        # Multipart: no base64 inflation (a third more bytes) and no JSON string of megabytes to parse.
         assert video.data is not None
-        return {"files": {"video": (video.filename, video.data, "video/mp4")}, "data": {"prompt": prompt}}
+        form = {"prompt": prompt}
+        if options is not None:
+            form["options"] = options.model_dump_json(exclude_none=True)
+        return {"files": {"video": (video.filename, video.data, "video/mp4")}, "data": form}
     body = {"prompt": prompt, "video": video.json_source()}
     if options is not None:
         body["options"] = options.model_dump(exclude_none=True)

@@ -31,6 +31,7 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-frames", type=int, default=None, help="frames sampled per video (service default: 8)")
     g.add_argument("--temperature", type=float, default=None, help="0 = greedy (default); >0 samples")
     g.add_argument("--seed", type=int, default=None, help="sampling seed")
+    g.add_argument("--max-reason-tokens", type=int, default=None, help="cap on each rationale's tokens (faster)")
 
 
 def _add_server_options(p: argparse.ArgumentParser, required_hint: str) -> None:
@@ -56,7 +57,8 @@ def _options(args: argparse.Namespace) -> Any:
 
     from service.protocol import ScoreOptions
 
-    raw = {"num_frames": args.num_frames, "temperature": args.temperature, "seed": args.seed}
+    raw = {"num_frames": args.num_frames, "temperature": args.temperature, "seed": args.seed,
+           "max_reason_tokens": args.max_reason_tokens}
     raw = {k: v for k, v in raw.items() if v is not None}
     if not raw:
         return None

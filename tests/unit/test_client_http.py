@@ -72,7 +72,7 @@ def _app(state: Scripted) -> FastAPI:
         if ctype.startswith("multipart/"):
             form = await request.form()
             data = await form["video"].read()
-            seen.update(prompt=form["prompt"], size=len(data), head=data[:8])
+            seen.update(prompt=form["prompt"], size=len(data), head=data[:8], options=form.get("options"))
         else:
             seen["json"] = await request.json()
         state.seen.append(seen)
@@ -358,12 +358,15 @@ def test_request_shapes_per_video_kind(replicas: list[Scripted], video: Path) ->
         c.score("https://example.org/v.mp4", "url")
         c.score(ServerPath("clips/v.mp4"), "server path")
         c.score(video, "with options", options={"num_frames": 4, "seed": 1})
+        c.score("https://example.org/v.mp4", "url with options", options={"temperature": 0.5})
     s = a.seen
     assert [x["ctype"] for x in s[:3]] == ["multipart/form-data"] * 3
-    assert s[0]["size"] == video.stat().st_size and s[0]["prompt"] == "path upload"
+    assert s[0]["size"] == video.stat().st_size and s[0]["prompt"] == "path upload" and s[0]["options"] is None
     assert s[3]["json"]["video"] == {"url": "https://example.org/v.mp4"}
     assert s[4]["json"]["video"] == {"path": "clips/v.mp4"}
-    assert set(s[5]["json"]["video"]) == {"base64"} and s[5]["json"]["options"] == {"num_frames": 4, "seed": 1, "return_frames": False}
+    assert s[5]["ctype"] == "multipart/form-data"
+    assert json.loads(s[5]["options"]) == {"num_frames": 4, "seed": 1, "return_frames": False}
+    assert s[6]["json"]["options"] == {"temperature": 0.5, "return_frames": False}
 
 
 def test_bad_arguments_fail_before_any_request(replicas: list[Scripted], tmp_path: Path) -> None:
