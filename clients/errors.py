@@ -66,19 +66,37 @@ def error_from_body(
         code = detail["code"]
         message = str(detail.get("message") or code)
         param = detail.get("param")
-        cls = _CODES.get(code)
-        if cls is None:
+        cls = _CODES.get(code) or _by_status(status)
+        if cls is UnexpectedResponse:
             exc = UnexpectedResponse(f"{code}: {message}", param=param)
-            exc.code = code  # keep the server's code visible even when this client does not know it
         elif issubclass(cls, E.Overloaded):
             exc = cls(message, retry_after_s=retry_after_s if retry_after_s is not None else 1.0)
             exc.param = param
         else:
             exc = cls(message, param=param)
+        if exc.code != code:
+            # A code this client does not know (the HTTP layer's own, or a newer server's): typed by
+            # status, and the server's code kept so callers and logs see the real one.
+            exc.code = code
     exc.status_code = status  # type: ignore[attr-defined]
     exc.replica = replica  # type: ignore[attr-defined]
-    exc.retry_after_s = retry_after_s  # type: ignore[attr-defined]
+    if retry_after_s is not None or not hasattr(exc, "retry_after_s"):
+        exc.retry_after_s = retry_after_s  # type: ignore[attr-defined]
     return exc
+
+
+def _by_status(status: int) -> type[E.LiftError]:
+    if status == 429:
+        return E.Overloaded
+    if status == 503:
+        return E.EngineNotReady
+    if status == 401 or status == 403:
+        return E.Unauthorized
+    if status == 504:
+        return E.RequestTimeout
+    if 400 <= status < 500:
+        return E.InvalidRequest  # invalid_json, validation_error, payload_too_large, not_found, ...
+    return UnexpectedResponse
 
 
 def parse_retry_after(value: str | None) -> float | None:
