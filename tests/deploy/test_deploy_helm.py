@@ -1,0 +1,305 @@
+"""The Helm chart, rendered by Helm's own Go engine (helm-python-sdk) for the default values and for values
+that turn every feature on, linted, and every rendered Kubernetes object validated against the official
+schemas (kubernetes-validate, strict: unknown fields fail) for the oldest and newest supported Kubernetes.
+CRD objects (ServiceMonitor, KEDA ScaledObject) have no bundled schema: their required fields are checked
+here. Then what the objects mean: probes, /dev/shm, GPUs, non-root, selectors that find the right pods."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "lift-reward"
+RELEASE, NAMESPACE = "scoring", "lift"
+FULLNAME = f"{RELEASE}-lift-reward"
+
+KUBE_VERSIONS = ["1.27.0", kubernetes_validate.latest_version()]
+
+ALL_FEATURES: dict[str, Any] = {
+    "replicaCount": 2,
+    "image": {"repository": "registry.example.com/lift-reward", "tag": "0.1.0-gpu", "pullPolicy": "Always"},
+    "imagePullSecrets": [{"name": "registry"}],
+    "model": {"path": "/models/lift-critic-40b", "mountPath": "/models",
+              "volume": {"nfs": {"server": "nfs.example.com", "path": "/exports/critics", "readOnly": True}}},
+    "gpu": {"count": 4},
+    "env": {"LIFT_MAX_INFLIGHT": "32", "LIFT_MAX_QUEUE": 128, "LIFT_ALLOW_PRIVATE_URLS": False},
+    "apiKeys": {"existingSecret": "lift-api-keys", "key": "keys"},
+    "extraEnv": [{"name": "VLLM_LOGGING_LEVEL", "value": "INFO"}],
+    "extraArgs": ["--host", "0.0.0.0"],
+    "podAnnotations": {"example.com/team": "reward"},
+    "podLabels": {"tier": "gpu"},
+    "priorityClassName": "gpu-serving",
+    "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                   "whenUnsatisfiable": "ScheduleAnyway",
+                                   "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "lift-reward"}}}],
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
+    "autoscaling": {"enabled": True, "mode": "hpa", "minReplicas": 2, "maxReplicas": 8, "targetQueueDepth": 3},
+    "podDisruptionBudget": {"enabled": True, "minAvailable": 1, "maxUnavailable": None},
+    "tests": {"enabled": True},
+}
+KEDA = copy.deepcopy(ALL_FEATURES) | {"autoscaling": {"enabled": True, "mode": "keda", "minReplicas": 1, "maxReplicas": 6,
+                                                      "targetQueueDepth": 4}}
+DEMO: dict[str, Any] = {"demo": {"enabled": True}}
+ALL_OFF: dict[str, Any] = {"podDisruptionBudget": {"enabled": False}, "tests": {"enabled": False},
+                           "serviceAccount": {"create": False}}
+
+VALUE_SETS = {"default": {}, "all-features-hpa": ALL_FEATURES, "all-features-keda": KEDA, "demo": DEMO, "all-off": ALL_OFF}
+
+
+@pytest.fixture(scope="module")
+def chart() -> helm.Chart:
+    with helm.Chart.load(CHART) as c:
+        yield c
+
+
+def _render(chart: helm.Chart, values: dict[str, Any], yaml_strict) -> list[dict[str, Any]]:
+    manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    objects: list[dict[str, Any]] = []
+    for path, text in manifests.items():
+        for doc in yaml_strict(text):  # duplicate keys fail here
+            assert isinstance(doc, dict) and "kind" in doc, f"{path}: not a Kubernetes object"
+            objects.append(doc)
+    return objects
+
+
+def _one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def _kinds(objects: list[dict[str, Any]]) -> set[str]:
+    return {o["kind"] for o in objects}
+
+
+def _container(deploy: dict[str, Any]) -> dict[str, Any]:
+    return deploy["spec"]["template"]["spec"]["containers"][0]
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+# ---- Helm's own checks -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_helm_lint_strict(name: str) -> None:
+    for kube in KUBE_VERSIONS:
+        report = helm.lint(CHART, VALUE_SETS[name], strict=True, namespace=NAMESPACE, kube_version=f"v{kube}")
+        problems = [m for m in report["messages"] if m["severity"] >= 2]  # 2 warning, 3 error
+        assert not report["errors"] and not problems, (kube, report)
+
+
+def test_values_schema_rejects_bad_values(chart: helm.Chart) -> None:
+    for bad, where in (({"autoscaling": {"mode": "cpu"}}, "/autoscaling/mode"),
+                       ({"replicaCount": -1}, "/replicaCount"),
+                       ({"gpu": {"count": 0}}, "/gpu/count"),
+                       ({"env": {"MAX_INFLIGHT": "3"}}, "MAX_INFLIGHT"),
+                       ({"replicas": 3}, "replicas"),
+                       ({"probes": {"readiness": {"path": "ready"}}}, "/probes/readiness/path"),
+                       ({"engine": "tensorrt"}, "/engine")):
+        with pytest.raises(helm.HelmValuesError, match=where):
+            chart.render(bad, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_template_guards_give_clear_errors(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmRenderError, match="model.path .* must lie under model.mountPath"):
+        chart.render({"model": {"path": "/data/critic"}}, name=RELEASE, namespace=NAMESPACE)
+    with pytest.raises(helm.HelmRenderError, match="model.existingClaim or model.volume must say where the critic is"):
+        chart.render({"model": {"existingClaim": ""}}, name=RELEASE, namespace=NAMESPACE)
+    with pytest.raises(helm.HelmRenderError, match="maxReplicas must be at least"):
+        chart.render({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_values_yaml_is_commented() -> None:
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line and not line[0].isspace() and not line.startswith("#"):
+            assert lines[i - 1].startswith("#"), f"values.yaml: top-level key without a comment: {line!r}"
+
+
+# ---- every object valid ----------------------------------------------------------------------------------
+
+def _check_service_monitor(sm: dict[str, Any], service: dict[str, Any]) -> None:
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["metadata"]["name"]
+    spec = sm["spec"]
+    assert _matches(spec["selector"]["matchLabels"], service["metadata"]["labels"]), "selects the Service"
+    assert spec["namespaceSelector"]["matchNames"] == [NAMESPACE]
+    port_names = {p["name"] for p in service["spec"]["ports"]}
+    assert spec["endpoints"], "endpoints is required"
+    for ep in spec["endpoints"]:
+        assert ep["port"] in port_names and ep["path"] == "/metrics"
+        for key in ("interval", "scrapeTimeout"):
+            assert isinstance(ep[key], str) and ep[key][-1] in "smh", ep
+
+
+def _check_scaled_object(so: dict[str, Any], deploy: dict[str, Any], check_promql) -> None:
+    assert so["apiVersion"] == "keda.sh/v1alpha1" and so["metadata"]["name"]
+    spec = so["spec"]
+    assert spec["scaleTargetRef"]["name"] == deploy["metadata"]["name"]  # the one required field of scaleTargetRef
+    assert spec["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    assert isinstance(spec["pollingInterval"], int) and isinstance(spec["cooldownPeriod"], int)
+    assert spec["triggers"], "triggers is required"
+    for trig in spec["triggers"]:
+        assert trig["type"] == "prometheus"
+        meta = trig["metadata"]
+        # KEDA's trigger metadata is map[string]string: a number here is rejected by the API server.
+        assert all(isinstance(v, str) for v in meta.values()), meta
+        assert {"serverAddress", "query", "threshold"} <= set(meta)
+        assert float(meta["threshold"]) > 0 and meta["serverAddress"].startswith("http")
+        assert check_promql(meta["query"], "ScaledObject query") == {"lift_queued_requests"}
+        assert f'namespace="{NAMESPACE}"' in meta["query"] and f'service="{FULLNAME}"' in meta["query"]
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_rendered_objects_are_valid(chart: helm.Chart, name: str, yaml_strict, check_promql) -> None:
+    objects = _render(chart, VALUE_SETS[name], yaml_strict)
+    crds = {"ServiceMonitor", "ScaledObject"}
+    for obj in objects:
+        if obj["kind"] in crds:
+            continue
+        for kube in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, kube, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{name}: {obj['kind']} {obj['metadata']['name']} invalid for Kubernetes {kube}: {exc.message}")
+    deploy, service = _one(objects, "Deployment"), _one(objects, "Service")
+    for obj in objects:
+        if obj["kind"] == "ServiceMonitor":
+            _check_service_monitor(obj, service)
+        elif obj["kind"] == "ScaledObject":
+            _check_scaled_object(obj, deploy, check_promql)
+        assert obj["metadata"]["name"].startswith(FULLNAME)
+
+
+def test_schema_validation_is_not_a_no_op(chart: helm.Chart, yaml_strict) -> None:
+    # The same rendered Deployment with one misspelt field, and with a wrong type, must be refused.
+    deploy = _one(_render(chart, {}, yaml_strict), "Deployment")
+    typo = copy.deepcopy(deploy)
+    typo["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    wrong_type = copy.deepcopy(deploy)
+    wrong_type["spec"]["replicas"] = "two"
+    for bad in (typo, wrong_type):
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(bad, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_optional_objects_follow_their_flags(chart: helm.Chart, yaml_strict) -> None:
+    kinds = {name: _kinds(_render(chart, values, yaml_strict)) for name, values in VALUE_SETS.items()}
+    base = {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "Pod"}
+    assert kinds["default"] == base
+    assert kinds["all-features-hpa"] == base | {"ServiceMonitor", "HorizontalPodAutoscaler"}
+    assert kinds["all-features-keda"] == base | {"ServiceMonitor", "ScaledObject"}
+    assert kinds["all-off"] == {"Deployment", "Service"}
+
+
+# ---- what the objects mean -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["default", "all-features-hpa", "demo"])
+def test_pod_runs_non_root_with_patient_probes_and_shm(chart: helm.Chart, name: str, yaml_strict) -> None:
+    deploy = _one(_render(chart, VALUE_SETS[name], yaml_strict), "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    c = _container(deploy)
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert pod["automountServiceAccountToken"] is False
+
+    port_names = {p["name"]: p["containerPort"] for p in c["ports"]}
+    probes = {k: c[k] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert probes["startupProbe"]["httpGet"]["path"] == "/health"
+    assert probes["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert probes["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert all(p["httpGet"]["port"] in port_names for p in probes.values())
+    s = probes["startupProbe"]
+    assert s["periodSeconds"] * s["failureThreshold"] >= 600, "startup probe must allow at least 10 minutes"
+    assert deploy["spec"]["progressDeadlineSeconds"] >= 1200
+    assert _env(c)["LIFT_PORT"] == str(port_names["http"]) and _env(c)["LIFT_HOST"] == "0.0.0.0"
+
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    shm = volumes[mounts["/dev/shm"]["name"]]
+    assert shm["emptyDir"]["medium"] == "Memory" and shm["emptyDir"]["sizeLimit"]
+    # Read-only root: the places the service writes are volumes.
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True and {"/tmp", "/home/lift"} <= set(mounts)
+
+
+def test_gpu_pod_mounts_the_model_and_asks_for_gpus(chart: helm.Chart, yaml_strict) -> None:
+    for values, gpus in (({}, 1), (ALL_FEATURES, 4)):
+        deploy = _one(_render(chart, values, yaml_strict), "Deployment")
+        c = _container(deploy)
+        env = _env(c)
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == gpus
+        assert env["LIFT_TENSOR_PARALLEL_SIZE"] == str(gpus) and env["LIFT_DEMO"] == "0"
+        assert c["image"].endswith("-gpu")
+        model_volume = next(v for v in deploy["spec"]["template"]["spec"]["volumes"] if v["name"] == "model")
+        assert model_volume == ({"name": "model", "nfs": values["model"]["volume"]["nfs"]} if values else
+                                {"name": "model", "persistentVolumeClaim": {"claimName": "lift-critic-weights", "readOnly": True}})
+        model_mount = next(m for m in c["volumeMounts"] if m["name"] == "model")
+        assert model_mount["readOnly"] is True and env["LIFT_MODEL"].startswith(model_mount["mountPath"] + "/")
+    env = _env(c)  # all features: settings, secret and extra env reach the container
+    assert env["LIFT_MAX_INFLIGHT"] == "32" and env["LIFT_MAX_QUEUE"] == "128" and env["LIFT_ALLOW_PRIVATE_URLS"] == "false"
+    assert env["LIFT_API_KEYS"] == {"secretKeyRef": {"name": "lift-api-keys", "key": "keys"}}
+    assert env["VLLM_LOGGING_LEVEL"] == "INFO" and c["args"] == ["--host", "0.0.0.0"]
+
+
+def test_demo_needs_no_gpu_and_no_model(chart: helm.Chart, yaml_strict) -> None:
+    deploy = _one(_render(chart, DEMO, yaml_strict), "Deployment")
+    c = _container(deploy)
+    assert c["image"] == "lift-reward:0.1.0-cpu" and _env(c)["LIFT_DEMO"] == "1"
+    assert "nvidia.com/gpu" not in c["resources"].get("limits", {}) and "LIFT_MODEL" not in _env(c)
+    assert "model" not in {v["name"] for v in deploy["spec"]["template"]["spec"]["volumes"]}
+
+
+@pytest.mark.parametrize("name", ["default", "all-features-hpa", "all-features-keda"])
+def test_selectors_find_the_scoring_pods_and_only_them(chart: helm.Chart, name: str, yaml_strict) -> None:
+    objects = _render(chart, VALUE_SETS[name], yaml_strict)
+    deploy, service = _one(objects, "Deployment"), _one(objects, "Service")
+    pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert _matches(deploy["spec"]["selector"]["matchLabels"], pod_labels)
+    assert _matches(service["spec"]["selector"], pod_labels)
+    assert service["spec"]["ports"][0]["targetPort"] in {p["name"] for p in _container(deploy)["ports"]}
+    pdb = _one(objects, "PodDisruptionBudget")
+    assert _matches(pdb["spec"]["selector"]["matchLabels"], pod_labels)
+    # The `helm test` pod must not be taken for a scoring pod by the Service or the PDB.
+    test_pod = _one(objects, "Pod")
+    assert not _matches(service["spec"]["selector"], test_pod["metadata"]["labels"])
+    assert not _matches(pdb["spec"]["selector"]["matchLabels"], test_pod["metadata"]["labels"])
+
+
+def test_chart_test_pod_checks_health_and_ready(chart: helm.Chart, yaml_strict) -> None:
+    objects = _render(chart, {}, yaml_strict)
+    pod, service = _one(objects, "Pod"), _one(objects, "Service")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never" and pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    script = " ".join(pod["spec"]["containers"][0]["args"])
+    base = f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    assert base in script and '"$base/health"' in script and '"$base/ready"' in script and "curl -fsS" in script
+
+
+def test_autoscaling_owns_replicas(chart: helm.Chart, yaml_strict) -> None:
+    assert _one(_render(chart, {"replicaCount": 3}, yaml_strict), "Deployment")["spec"]["replicas"] == 3
+    objects = _render(chart, ALL_FEATURES, yaml_strict)
+    assert "replicas" not in _one(objects, "Deployment")["spec"]
+    hpa = _one(objects, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": FULLNAME}
+    metric = hpa["spec"]["metrics"][0]
+    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == "lift_queued_requests"
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "3"}
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    assert "replicas" not in _one(_render(chart, KEDA, yaml_strict), "Deployment")["spec"]
+
+
+def test_hpa_metric_is_one_the_service_exposes(check_promql) -> None:
+    assert check_promql(ALL_FEATURES["autoscaling"].get("hpa", {}).get("metricName", "lift_queued_requests"), "HPA metric")
