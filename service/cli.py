@@ -42,6 +42,9 @@ def register(subparsers: Any) -> None:
     t.add_argument("--family", default="qwen2_vl", choices=("qwen2_vl", "vila"), help="critic family")
     t.add_argument("--seed", type=int, default=0, help="random seed for weights and tokenizer")
     t.set_defaults(func=make_tiny_critic_command)
+    from service.families.vila.cli import register as register_vila  # convert-vila, make-tiny-critic --with-lora
+
+    register_vila(subparsers)
 
 
 def make_tiny_critic_command(args: argparse.Namespace) -> int:

@@ -1,0 +1,62 @@
+"""`lift convert-vila` (and `--with-lora` for `lift make-tiny-critic --family vila`).
+
+Imports nothing heavy at module level: `lift --help` must stay fast and torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    c = subparsers.add_parser(
+        "convert-vila",
+        help="convert a VILA-1.5 checkpoint (+ LiFT-Critic LoRA, merged) into a checkpoint `lift serve` loads",
+        description="Read VILA-1.5's release layout (config.json, llm/, vision_tower/, mm_projector/) and, with "
+        "--lora, LiFT-Critic's LoRA release (adapter_config.json, adapter_model.safetensors, "
+        "non_lora_trainables.bin); merge the LoRA into the language model (scale alpha/r) shard by shard, and "
+        "write one checkpoint (safetensors, config, tokenizer, processor) that both the vLLM and the "
+        "transformers engine load.",
+    )
+    c.add_argument("--base", type=Path, required=True, metavar="VILA_DIR", help="VILA-1.5 folder (e.g. VILA1.5-13b)")
+    c.add_argument("--lora", type=Path, default=None, metavar="LORA_DIR", help="LiFT-Critic LoRA release folder")
+    c.add_argument("--out", type=Path, required=True, metavar="DIR", help="output checkpoint folder")
+    c.add_argument("--chat-template", choices=("vicuna_v1", "hermes-2"), default=None,
+                   help="conversation template (default: from the checkpoint: hermes-2 for 40B, else vicuna_v1)")
+    c.set_defaults(func=convert_command)
+
+    # `make-tiny-critic --family vila --with-lora`: extend the lead's subcommand rather than duplicate it.
+    tiny = getattr(subparsers, "choices", {}).get("make-tiny-critic")
+    if tiny is not None:
+        tiny.add_argument("--with-lora", action="store_true",
+                          help="(vila) also write a LoRA in LiFT-Critic's release layout into DIR/lora")
+        fallback = tiny.get_default("func")
+        tiny.set_defaults(func=lambda args: _make_tiny_command(args, fallback))
+
+
+def convert_command(args: argparse.Namespace) -> int:
+    from service.families.vila.convert import convert_vila
+
+    report = convert_vila(args.base, args.out, args.lora, chat_template=args.chat_template,
+                          progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(report.out_dir)
+    return 0
+
+
+def _make_tiny_command(args: argparse.Namespace, fallback: Any) -> int:
+    if getattr(args, "family", None) != "vila":
+        if getattr(args, "with_lora", False):
+            print("lift make-tiny-critic: --with-lora applies to --family vila only", file=sys.stderr)
+            return 2
+        return int(fallback(args) or 0)
+    from service.families.vila.tiny import build_tiny_vila
+
+    out = build_tiny_vila(args.dir, seed=args.seed, with_lora=args.with_lora)
+    print(out)
+    lora = f" --lora {out / 'lora'}" if args.with_lora else ""
+    print(f"VILA-1.5 layout; to serve it: lift convert-vila --base {out}{lora} --out OUT && lift serve --model OUT",
+          file=sys.stderr)
+    return 0
