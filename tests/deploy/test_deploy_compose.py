@@ -28,13 +28,14 @@ def _config(binary: str, *args: str, file: Path = COMPOSE, after: tuple[str, ...
                           capture_output=True, text=True, env=_env(), timeout=120)
 
 
-@pytest.fixture(params=["compose_v1", "compose_v2"])
+@pytest.fixture(scope="module", params=["compose_v1", "compose_v2"])
 def compose(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue(request.param)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def resolved(compose: str) -> dict[str, Any]:
+    # Resolved once per implementation; tests read it without changing it.
     proc = _config(compose, *PROFILES)
     assert proc.returncode == 0, proc.stderr
     return yaml.safe_load(proc.stdout)
