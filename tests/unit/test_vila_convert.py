@@ -1,0 +1,271 @@
+"""`lift convert-vila`: the merge is base + (alpha/r) B A (and agrees with peft's own merge), every tensor
+survives the round trip, and a missing or mismatched part is refused with a ModelLoadError that names it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from service.errors import ModelLoadError
+from service.families.vila.convert import convert_vila
+
+LORA_ALPHA, LORA_R = 16, 8
+
+
+@pytest.fixture(scope="module")
+def tiny_vila(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from service.families.vila.tiny import build_tiny_vila
+
+    return build_tiny_vila(tmp_path_factory.mktemp("vila") / "VILA1.5-tiny", seed=3, with_lora=True)
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_vila: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("converted") / "critic"
+    convert_vila(tiny_vila, out, tiny_vila / "lora")
+    return out
+
+
+def read_all(folder: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def lora_pairs(lora_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    raw = load_file(str(lora_dir / "adapter_model.safetensors"))
+    pairs = {}
+    for key in raw:
+        if key.endswith(".lora_A.weight"):
+            module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            pairs[module] = (raw[key], raw[key.replace("lora_A", "lora_B")])
+    return pairs
+
+
+def test_lora_release_layout(tiny_vila: Path) -> None:
+    cfg = json.loads((tiny_vila / "lora" / "adapter_config.json").read_text())
+    assert (cfg["r"], cfg["lora_alpha"]) == (LORA_R, LORA_ALPHA)
+    assert (tiny_vila / "lora" / "non_lora_trainables.bin").is_file()
+    assert len(lora_pairs(tiny_vila / "lora")) == 2 * 7  # 2 layers x q,k,v,o,gate,up,down
+
+
+def test_merged_weights_equal_base_plus_scaled_BA(tiny_vila: Path, converted: Path) -> None:
+    base = load_file(str(tiny_vila / "llm" / "model.safetensors"))
+    out = read_all(converted)
+    pairs = lora_pairs(tiny_vila / "lora")
+    for module, (a, b) in pairs.items():
+        expected = base[module.removeprefix("llm.") + ".weight"] + (LORA_ALPHA / LORA_R) * (b @ a)
+        got = out[module + ".weight"]
+        assert not torch.equal(got, base[module.removeprefix("llm.") + ".weight"])
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_merge_agrees_with_peft_merge_and_unload(tiny_vila: Path, converted: Path) -> None:
+    from peft import PeftModel
+    from torch import nn
+    from transformers import LlamaForCausalLM
+
+    class VilaShaped(nn.Module):  # VILA's attribute names, so peft resolves the release's keys
+        def __init__(self) -> None:
+            super().__init__()
+            self.llm = LlamaForCausalLM.from_pretrained(str(tiny_vila / "llm"), dtype=torch.float32)
+
+    merged = PeftModel.from_pretrained(VilaShaped(), str(tiny_vila / "lora")).merge_and_unload()
+    out = read_all(converted)
+    for key, value in merged.llm.state_dict().items():
+        got = out[f"llm.{key}"]
+        if key in ("model.embed_tokens.weight", "lm_head.weight"):
+            got = got[: value.shape[0]]
+        torch.testing.assert_close(got, value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_every_tensor_round_trips(tiny_vila: Path, converted: Path) -> None:
+    out = read_all(converted)
+    cfg = json.loads((converted / "config.json").read_text())
+    vocab, padded = cfg["vila_text_vocab_size"], cfg["text_config"]["vocab_size"]
+    assert padded % 64 == 0 and padded > cfg["image_token_index"] >= vocab
+    lora_modules = {m + ".weight" for m in lora_pairs(tiny_vila / "lora")}
+    non_lora = {k.removeprefix("base_model.model."): v
+                for k, v in torch.load(tiny_vila / "lora" / "non_lora_trainables.bin", weights_only=True).items()}
+    expected_names = set()
+    for part in ("llm", "vision_tower", "mm_projector"):
+        for key, value in load_file(str(tiny_vila / part / "model.safetensors")).items():
+            name = f"{part}.{key}"
+            expected_names.add(name)
+            got = out[name]
+            assert got.dtype == value.dtype, name
+            if name in lora_modules:
+                continue  # checked against base + s B A above
+            if name in non_lora:
+                assert torch.equal(got, non_lora[name]), name
+            elif key in ("model.embed_tokens.weight", "lm_head.weight"):
+                assert torch.equal(got[:vocab], value) and not got[vocab:].any(), name
+            else:
+                assert torch.equal(got, value), name
+    assert set(out) == expected_names  # nothing dropped, nothing invented
+    assert all(k.startswith("vision_tower.vision_model.") for k in out if k.startswith("vision_tower."))
+    index = json.loads((converted / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == expected_names
+
+
+def test_without_lora_the_base_is_copied_exactly(tiny_vila: Path, tmp_path: Path) -> None:
+    report = convert_vila(tiny_vila, tmp_path / "plain")
+    assert report.merged_lora_modules == [] and report.chat_template == "vicuna_v1"
+    out = read_all(tmp_path / "plain")
+    base = load_file(str(tiny_vila / "llm" / "model.safetensors"))
+    for key, value in base.items():
+        got = out[f"llm.{key}"]
+        assert torch.equal(got[: value.shape[0]], value), key
+
+
+def test_converted_config_tokenizer_and_processor(converted: Path) -> None:
+    from transformers import AutoTokenizer, LlavaConfig, LlavaProcessor
+
+    from service.families import detect_family
+
+    cfg = LlavaConfig.from_pretrained(str(converted))
+    assert cfg.architectures == ["LiftVilaForConditionalGeneration"] and detect_family(converted) == "vila"
+    assert cfg.vila_chat_template == "vicuna_v1" and cfg.mm_projector_type == "mlp_downsample"
+    assert cfg.vision_feature_layer == -2 and cfg.vision_feature_select_strategy == "full"
+    assert cfg.image_seq_length == 25  # 126/14 = 9x9 -> padded 10x10 -> 5x5
+    tok = AutoTokenizer.from_pretrained(str(converted))
+    assert tok.convert_tokens_to_ids("<image>") == cfg.image_token_index
+    proc = LlavaProcessor.from_pretrained(str(converted), backend="pil")
+    assert proc.image_processor.size == {"height": 126, "width": 126}
+    provenance = json.loads((converted / "lift_critic.json").read_text())
+    assert provenance["family"] == "vila" and provenance["merged_lora_modules"] == 14
+
+
+# ---- refusals -------------------------------------------------------------------------------------------
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _rewrite(path: Path, fn) -> None:
+    tensors = load_file(str(path))
+    save_file(fn(tensors), str(path), metadata={"format": "pt"})
+
+
+def _break_missing_llm(d: Path) -> None:
+    shutil.rmtree(d / "llm")
+
+
+def _break_missing_top_config(d: Path) -> None:
+    (d / "config.json").unlink()
+
+
+def _break_projector_type(d: Path) -> None:
+    (d / "mm_projector" / "config.json").write_text(json.dumps({"mm_projector_type": "linear"}))
+
+
+def _break_projector_shape(d: Path) -> None:
+    _rewrite(d / "mm_projector" / "model.safetensors",
+             lambda t: {**t, "layers.2.weight": torch.zeros(128, 200), "layers.1.weight": torch.zeros(200)})
+
+
+def _break_projector_missing_tensor(d: Path) -> None:
+    _rewrite(d / "mm_projector" / "model.safetensors", lambda t: {k: v for k, v in t.items() if k != "layers.4.bias"})
+
+
+def _break_vision_tower_kind(d: Path) -> None:
+    cfg = json.loads((d / "vision_tower" / "config.json").read_text())
+    (d / "vision_tower" / "config.json").write_text(json.dumps({**cfg, "model_type": "intern_vit_6b"}))
+
+
+def _break_truncated_weights(d: Path) -> None:
+    f = d / "llm" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:1000])
+
+
+def _break_lora_config(d: Path) -> None:
+    (d / "lora" / "adapter_config.json").unlink()
+
+
+def _break_non_lora(d: Path) -> None:
+    (d / "lora" / "non_lora_trainables.bin").unlink()
+
+
+def _break_lora_weights(d: Path) -> None:
+    (d / "lora" / "adapter_model.safetensors").unlink()
+
+
+def _break_lora_for_other_base(d: Path) -> None:  # A made for a wider model
+    _rewrite(d / "lora" / "adapter_model.safetensors",
+             lambda t: {k: (torch.zeros(v.shape[0], 256) if k.endswith("q_proj.lora_A.weight") else v) for k, v in t.items()})
+
+
+def _break_lora_unknown_module(d: Path) -> None:
+    _rewrite(d / "lora" / "adapter_model.safetensors",
+             lambda t: {k.replace("layers.1.", "layers.7."): v for k, v in t.items()})
+
+
+def _break_lora_half_pair(d: Path) -> None:
+    _rewrite(d / "lora" / "adapter_model.safetensors",
+             lambda t: {k: v for k, v in t.items() if not k.endswith("layers.0.mlp.up_proj.lora_B.weight")})
+
+
+def _break_non_lora_shape(d: Path) -> None:
+    path = d / "lora" / "non_lora_trainables.bin"
+    t = torch.load(path, weights_only=True)
+    t["base_model.model.mm_projector.layers.4.weight"] = torch.zeros(3, 3)
+    torch.save(t, path)
+
+
+def _break_non_lora_unknown_part(d: Path) -> None:
+    path = d / "lora" / "non_lora_trainables.bin"
+    torch.save({**torch.load(path, weights_only=True), "base_model.model.rope_scaler.weight": torch.zeros(2)}, path)
+
+
+@pytest.mark.parametrize(("breaker", "message"), [
+    (_break_missing_llm, "llm/"),
+    (_break_missing_top_config, "config.json"),
+    (_break_projector_type, "projector type 'linear'"),
+    (_break_projector_shape, "mm_projector layers.1.weight has shape (200,)"),
+    (_break_projector_missing_tensor, "mm_projector lacks"),
+    (_break_vision_tower_kind, "only SigLIP"),
+    (_break_truncated_weights, "cannot read"),
+    (_break_lora_config, "adapter_config.json"),
+    (_break_non_lora, "non_lora_trainables.bin"),
+    (_break_lora_weights, "adapter_model.safetensors"),
+    (_break_lora_for_other_base, "does not fit"),
+    (_break_lora_unknown_module, "base does not have"),
+    (_break_lora_half_pair, "lora_B missing"),
+    (_break_non_lora_shape, "non_lora_trainables.bin: mm_projector.layers.4.weight"),
+    (_break_non_lora_unknown_part, "names no part"),
+])
+def test_broken_inputs_are_refused_clearly(tiny_vila: Path, tmp_path: Path, breaker, message: str) -> None:
+    base = _copy(tiny_vila, tmp_path / "base")
+    breaker(base)
+    out = tmp_path / "out"
+    # base-only breakages are checked without the LoRA (its projector tensors would replace the broken ones)
+    lora = base / "lora" if "lora" in breaker.__name__ else None
+    with pytest.raises(ModelLoadError) as err:
+        convert_vila(base, out, lora)
+    assert message in err.value.message
+    assert not (out / "config.json").exists()  # a failed conversion never looks like a model
+
+
+def test_out_must_differ_from_base(tiny_vila: Path) -> None:
+    with pytest.raises(ModelLoadError, match="must differ"):
+        convert_vila(tiny_vila, tiny_vila)
+
+
+def test_cli_convert_and_error_exit(tiny_vila: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from clients.cli import main
+
+    out = tmp_path / "cli-out"
+    assert main(["convert-vila", "--base", str(tiny_vila), "--lora", str(tiny_vila / "lora"), "--out", str(out)]) == 0
+    assert (out / "config.json").is_file()
+    with safe_open(str(sorted(out.glob("*.safetensors"))[0]), "pt") as f:
+        assert any(k.startswith("llm.") for k in f.keys())
+    assert main(["convert-vila", "--base", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lift convert-vila: error: model_load_error: VILA folder not found")
