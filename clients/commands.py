@@ -135,9 +135,11 @@ def _score_local(args: argparse.Namespace, options: Any) -> Any:
 
     async def run() -> Any:
         critic = Critic.from_pretrained(str(args.model), engine=args.engine)
+        # decode before loading the engine: a broken video fails in a second, not after a model load
+        frames = critic.decode(video, options.num_frames if options else None)
         await critic.start()
         try:
-            return await critic.score(video, args.prompt, options)
+            return await critic.score(frames, args.prompt, options)
         finally:
             await critic.stop()
 
