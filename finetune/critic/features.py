@@ -25,13 +25,16 @@ _MEDIA_KEYS = ("pixel_values_videos", "video_grid_thw", "pixel_values", "image_g
 
 
 def answer_token_ids(family: Any, label: str, reason: str) -> list[int]:
-    """Token ids of "<Label>. <reason><end of turn>" as the critic is meant to generate them."""
+    """Token ids of "<Label>. <reason><end of turn>" split the way both engines produce them: the label's
+    own ids (how labels are scored), then the family's separator (". ", which the engines force) tokenized
+    on its own, then the reason (generated after it), then the end of turn so the critic learns to stop."""
     tokenizer = family.tokenizer
     ids = list(family.label_token_ids()[label])
-    tail = family.reason_prefix_text() + reason if reason else family.reason_prefix_text().rstrip()
-    ids += tokenizer(tail, add_special_tokens=False).input_ids
+    ids += tokenizer(family.reason_prefix_text(), add_special_tokens=False).input_ids
+    if reason:
+        ids += tokenizer(reason, add_special_tokens=False).input_ids
     eos = tokenizer.eos_token_id
-    if eos is not None:  # teach the critic to stop after the reason
+    if eos is not None:
         ids.append(int(eos))
     return ids
 
@@ -101,18 +104,35 @@ class FrameCache:
 
 
 class RatedVideoDataset(torch.utils.data.Dataset):
-    """Rated examples as training features (decoded lazily, with a per-video frame cache)."""
+    """Rated examples as training features, built lazily and kept in an LRU bounded in bytes.
+
+    Features are deterministic (no augmentation), so epochs after the first skip decoding and the
+    processor; `cache_mb=0` turns the cache off for data sets far larger than memory."""
 
     def __init__(self, examples: Sequence[RatedExample], family: Any, *, num_frames: int = DEFAULT_NUM_FRAMES,
-                 limits: MediaLimits | None = None, cache_videos: int = 256) -> None:
+                 limits: MediaLimits | None = None, cache_videos: int = 32, cache_mb: float = 2048.0) -> None:
         self.examples = list(examples)
         self.family = family
         self.frames = FrameCache(num_frames, limits, cache_videos)
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._features: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        hit = self._features.get(i)
+        if hit is not None:
+            self._features.move_to_end(i)
+            return hit
         ex = self.examples[i]
-        return build_features(self.family, ex, self.frames.get(ex.video))
-
+        feats = build_features(self.family, ex, self.frames.get(ex.video))
+        size = sum(t.numel() * t.element_size() for t in feats.values())
+        if size <= self.cache_bytes:
+            self._features[i] = feats
+            self._bytes += size
+            while self._bytes > self.cache_bytes:
+                _, old = self._features.popitem(last=False)
+                self._bytes -= sum(t.numel() * t.element_size() for t in old.values())
+        return feats

@@ -143,3 +143,34 @@ def make_rated_dataset(out_dir: Path | str, n_videos: int, *, seed: int = 0, siz
         "lift": write_lift(out / "rated.json", examples, relative_to=vdir),
         "jsonl": write_jsonl(out / "rated.jsonl", examples, relative_to=vdir),
     }
+
+
+def make_learnable_base(out_dir: Path | str, *, seed: int = 0, frame_pixels: int = 112 * 112,
+                        head_scale: float = 8.0) -> Path:
+    """The tiny random Qwen2-VL critic, adjusted so a few CPU minutes of LoRA training can show learning.
+
+    Two changes, both in the checkpoint (so train and serve still see the same thing):
+    - frames resized to `frame_pixels` (112x112: 64 video tokens instead of 256), for CPU speed;
+    - the output head scaled by `head_scale`. A random head with init std 0.02 behind RMSNorm caps
+      every logit near 0.02 * hidden_size = 2.6, so no LoRA on the layers below it can make the
+      critic confident; a pretrained LM head is not that flat.
+    """
+    import json
+
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from service.tiny_critic import build_tiny_critic
+
+    out = build_tiny_critic(out_dir, family="qwen2_vl", seed=seed)
+    proc_path = out / "processor_config.json"
+    proc = json.loads(proc_path.read_text())
+    for key in ("image_processor", "video_processor"):
+        if key in proc:
+            proc[key]["size"] = {"shortest_edge": frame_pixels, "longest_edge": frame_pixels}
+    proc_path.write_text(json.dumps(proc, indent=2))
+    model = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(head_scale)
+    model.save_pretrained(out)
+    return out

@@ -67,7 +67,7 @@ class CriticTrainConfig:
     load_dtype: str = field(default="float32", metadata={"help": "dtype the base weights are trained in"})
     save_dtype: str = field(default="base", metadata={"help": "dtype of the merged weights: base|float32|bfloat16|float16"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
-    cache_videos: int = field(default=256, metadata={"help": "decoded videos kept in memory (each is asked 3 questions)"})
+    cache_mb: float = field(default=2048.0, metadata={"help": "memory for ready-made training features (0 = rebuild every epoch)"})
     log_every: int = field(default=10, metadata={"help": "log every N optimizer steps"})
     skip_bad_data: bool = field(default=False, metadata={"help": "train on the valid records, report the rest"})
     family: str | None = field(default=None, metadata={"help": "critic family (default: from the checkpoint)"})
@@ -286,7 +286,7 @@ def train_critic(cfg: CriticTrainConfig, *, examples: Sequence[RatedExample] | N
         f"parameters (LoRA r={cfg.lora_rank} alpha={cfg.lora_alpha}"
         + (", vision tower" if cfg.train_vision_tower else "") + (", projector" if cfg.train_projector else "") + ")")
 
-    dataset = RatedVideoDataset(examples, family, num_frames=cfg.num_frames, cache_videos=cfg.cache_videos)
+    dataset = RatedVideoDataset(examples, family, num_frames=cfg.num_frames, cache_mb=cfg.cache_mb)
     pad_id = family.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = family.tokenizer.eos_token_id
