@@ -111,7 +111,7 @@ class FunctionLabeler:
                     if v is None or not math.isfinite(float(v)):
                         row = {**base, "status": "error", "error": {"code": "no_reward", "message": "reward was None"}}
                     else:
-                        row = {**base, "status": "ok", "reward": float(v), "expected_reward": float(v)}
+                        row = {**base, "status": "ok", "reward": float(v), "expected_reward": float(v), "dimensions": {}}
                     f.write(json.dumps(row) + "\n")
                 f.flush()
 

@@ -107,7 +107,9 @@ class RewardWeightedTrainer:
         else:
             transformer.requires_grad_(False)
             if not has_lora(transformer):  # the online loop hands over a transformer already carrying its adapter
-                add_lora(transformer, cfg.lora_rank, cfg.lora_scale_alpha)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(cfg.seed)  # LoRA's A matrices are random: same seed, same start
+                    add_lora(transformer, cfg.lora_rank, cfg.lora_scale_alpha)
                 if cfg.init_lora:
                     set_lora_weights(transformer, cfg.init_lora)
             for name, p in transformer.named_parameters():
@@ -313,7 +315,9 @@ class RewardWeightedTrainer:
             keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
             path.write_text("".join(ln + "\n" for ln in keep))
 
-    def train(self) -> TrainResult:
+    def train(self, stop_at: int | None = None) -> TrainResult:
+        """Train to cfg.max_steps. `stop_at` ends early after a checkpoint at that step (a planned
+        interruption: the same config with resume='latest' continues exactly as if never stopped)."""
         from tqdm.auto import tqdm
 
         cfg, acc = self.cfg, self.accelerator
@@ -346,11 +350,19 @@ class RewardWeightedTrainer:
                     f.write(json.dumps(row) + "\n")
             if cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0:
                 self.save_checkpoint()
+            if stop_at is not None and self.global_step >= stop_at:
+                bar.close()
+                self._ensure_checkpoint()
+                return TrainResult(self.global_step, self.out / "checkpoints" / f"checkpoint-{self.global_step}", losses)
         bar.close()
-        if not self.checkpoints() or self.checkpoints()[-1].name != f"checkpoint-{self.global_step}":
-            self.save_checkpoint()
+        self._ensure_checkpoint()
         output = self.save_final()
         return TrainResult(self.global_step, output, losses)
+
+    def _ensure_checkpoint(self) -> None:
+        found = self.checkpoints()
+        if not found or found[-1].name != f"checkpoint-{self.global_step}":
+            self.save_checkpoint()
 
     def save_final(self) -> Path:
         """LoRA -> out/lora (load_lora_weights format); full -> out/pipeline (from_pretrained format)."""

@@ -63,7 +63,7 @@ class CriticTrainConfig:
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N optimizer steps (0 = only at the end)"})
     save_total_limit: int = field(default=2, metadata={"help": "keep at most N checkpoints (0 = all)"})
     resume_from: str | None = field(default=None, metadata={"help": "checkpoint folder or 'latest'"})
-    mixed_precision: str = field(default="no", metadata={"help": "accelerate mixed precision: no|bf16|fp16"})
+    mixed_precision: str | None = field(default=None, metadata={"help": "no|bf16|fp16 (default: the accelerate config's, else no)"})
     load_dtype: str = field(default="float32", metadata={"help": "dtype the base weights are trained in"})
     save_dtype: str = field(default="base", metadata={"help": "dtype of the merged weights: base|float32|bfloat16|float16"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
@@ -83,7 +83,7 @@ class CriticTrainConfig:
             (self.batch_size >= 1 and self.grad_accum >= 1, "--batch-size and --grad-accum must be >= 1"),
             (self.epochs > 0 or self.max_steps > 0, "give --epochs > 0 or --max-steps > 0"),
             (self.num_frames >= 1, "--num-frames must be >= 1"),
-            (self.mixed_precision in ("no", "bf16", "fp16"), "--mixed-precision must be no, bf16 or fp16"),
+            (self.mixed_precision in (None, "no", "bf16", "fp16"), "--mixed-precision must be no, bf16 or fp16"),
             (self.load_dtype in ("float32", "bfloat16", "float16"), "--load-dtype must be float32, bfloat16 or float16"),
             (self.save_dtype in ("base", "float32", "bfloat16", "float16"), "--save-dtype must be base, float32, bfloat16 or float16"),
             (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
