@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
 # System tools the deployment checks (tests/deploy/) run for real: Debian's docker-compose (a compose
 # implementation whose `config` validates deploy/compose.yaml without a Docker daemon) and promtool (from
-# Debian's `prometheus` package) for deploy/prometheus/. Idempotent: installs only what is missing.
+# Debian's `prometheus` package) for deploy/prometheus/, and Debian's Chromium for the page's browser test
+# (tests/e2e/test_page.py drives it with the `playwright` package; Playwright's own browser download is
+# never used). Idempotent: installs only what is missing.
 # Not root, or no apt-get: says so and exits 0, and the tests that need the tool skip with that reason.
 set -uo pipefail
 
-declare -A TOOL_PKG=([docker-compose]=docker-compose [promtool]=prometheus)
+declare -A TOOL_PKG=([docker-compose]=docker-compose [promtool]=prometheus [chromium]=chromium)
 missing=()
 for tool in "${!TOOL_PKG[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("${TOOL_PKG[$tool]}")
 done
 if [ ${#missing[@]} -eq 0 ]; then
-    echo "install_system_tools: docker-compose and promtool already present"
+    echo "install_system_tools: docker-compose, promtool and chromium already present"
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
-    echo "install_system_tools: not root, skipping apt-get install ${missing[*]} (deployment tests needing them will skip)"
+    echo "install_system_tools: not root, skipping apt-get install ${missing[*]} (tests needing them will skip)"
     exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install_system_tools: no apt-get on this host, skipping ${missing[*]} (deployment tests needing them will skip)"
+    echo "install_system_tools: no apt-get on this host, skipping ${missing[*]} (tests needing them will skip)"
     exit 0
 fi
 
@@ -39,6 +41,6 @@ apt-get update -qq || echo "install_system_tools: apt-get update failed, trying 
 if apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
     echo "install_system_tools: installed ${missing[*]}"
 else
-    echo "install_system_tools: apt-get install ${missing[*]} failed (deployment tests needing them will skip)"
+    echo "install_system_tools: apt-get install ${missing[*]} failed (tests needing them will skip)"
 fi
 exit 0

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from service.app.auth import ApiKeyAuth
 from service.app.errors import install_error_handlers
 from service.app.metrics import ServiceMetrics
+from service.app.page import build_page_router
 from service.app.middleware import RequestMiddleware
 from service.app.routes import build_router, install_openapi
 from service.app.serving import CriticLike, ScoringService
@@ -51,6 +52,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(build_router(service))
+    app.include_router(build_page_router())  # GET /: the hand-scoring page (issue 8); public, it holds no data
     install_openapi(app)
     app.add_middleware(
         RequestMiddleware,
