@@ -28,6 +28,25 @@ import pytest
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _integration_fixtures() -> Any:
+    """The server fixtures live in tests/integration/conftest.py, which pytest does not share with e2e/."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_lift_integration_conftest", REPO / "tests" / "integration" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+_servers = _integration_fixtures()
+live_media_root = _servers.live_media_root
+serve_app = _servers.serve_app
+live_server = _servers.live_server
+spawn_server = _servers.spawn_server_fixture
 N_GOOD = 54
 COLOURS = ("red", "green", "blue", "yellow", "white", "purple")
 
