@@ -291,8 +291,11 @@ def train_critic(cfg: CriticTrainConfig, *, examples: Sequence[RatedExample] | N
     if pad_id is None:
         pad_id = family.tokenizer.eos_token_id
     sampler = _EpochSampler(len(dataset), cfg.seed)
+    # Own generator: starting an iterator must not draw from the global RNG, or a resumed run (new
+    # iterator after restoring RNG state) would see other dropout masks than an uninterrupted one.
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
-                                         collate_fn=lambda b: collate(b, pad_id), num_workers=0)
+                                         collate_fn=lambda b: collate(b, pad_id), num_workers=0,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
     batches_per_epoch = math.ceil(len(dataset) / cfg.batch_size / accelerator.num_processes)
     steps_per_epoch = max(1, batches_per_epoch // cfg.grad_accum)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
