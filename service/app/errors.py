@@ -45,6 +45,12 @@ class MalformedBody(InvalidRequest):
     code = "invalid_json"
 
 
+class MalformedForm(MalformedBody):
+    """A multipart/form-data body that does not parse (no boundary, truncated, too many parts)."""
+
+    code = "invalid_form"
+
+
 class ValidationFailed(InvalidRequest):
     """Well-formed body whose fields have the wrong types, ranges or lengths."""
 
@@ -67,6 +73,7 @@ class MethodNotAllowed(InvalidRequest):
 # entry before its parent's.
 STATUS: dict[type[LiftError], int] = {
     MalformedBody: 400,
+    MalformedForm: 400,
     ValidationFailed: 422,
     PayloadTooLarge: 413,
     RouteNotFound: 404,

@@ -12,9 +12,10 @@ from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from service.app.errors import MalformedBody, PayloadTooLarge, ValidationFailed, error_response
+from service.app.errors import MalformedForm, PayloadTooLarge, ValidationFailed, error_response
 from service.app.metrics import CONTENT_TYPE
 from service.app.serving import ScoringService, parse_json_async, parse_options, parse_prompt, parse_score_request
 from service.errors import InvalidVideo, UnsupportedMedia, VideoTooLarge
@@ -146,11 +147,12 @@ def build_router(service: ScoringService) -> APIRouter:
 async def _read_form(request: Request, max_video: int) -> tuple[bytes, str, Any]:
     try:
         form = await request.form(max_files=1, max_fields=8, max_part_size=MAX_FORM_FIELD_BYTES)
-    except MultiPartException as exc:
-        text = str(exc.message)
+    except (MultiPartException, StarletteHTTPException) as exc:
+        # Starlette turns its parser's MultiPartException into a bare HTTPException(400): map both.
+        text = str(getattr(exc, "message", None) or getattr(exc, "detail", "") or exc)
         if "maximum size" in text.lower():
             raise PayloadTooLarge(f"multipart field too large: {text}") from None
-        raise MalformedBody(f"broken multipart form: {text}") from None
+        raise MalformedForm(f"broken multipart form: {text}") from None
     try:
         video = form.get("video")
         prompt = form.get("prompt")
