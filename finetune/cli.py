@@ -54,7 +54,7 @@ def cmd_loop(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("make-tiny-generator", help="Build a tiny random CogVideoX pipeline offline (for tests).",
-                              description="Write a tiny, randomly initialised CogVideoX pipeline (16x16 px, 9 frames) "
+                              description="Write a tiny, randomly initialised CogVideoX pipeline (32x32 px, 9 frames) "
                                           "that CogVideoXPipeline.from_pretrained loads. No network needed.")
     p.add_argument("out_dir", help="Folder to write the pipeline to.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the random weights.")

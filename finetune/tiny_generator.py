@@ -39,7 +39,9 @@ def _tokenizer(workdir: str):
 
 
 def build_tiny_generator(out_dir: str | Path, seed: int = 0, rotary: bool = False) -> Path:
-    """Save a random CogVideoX pipeline (16x16 px, 9 frames) to `out_dir`; `CogVideoXPipeline.from_pretrained` loads it.
+    """Save a random CogVideoX pipeline (32x32 px, 9 frames) to `out_dir`; `CogVideoXPipeline.from_pretrained` loads it.
+
+    32 px, not 16: the service decodes with decord, which fails on H.264 frames 16 px wide.
 
     rotary=False is CogVideoX-2b's layout (sin-cos positions), rotary=True CogVideoX-5b's (rotary embeddings).
     """
@@ -53,7 +55,7 @@ def build_tiny_generator(out_dir: str | Path, seed: int = 0, rotary: bool = Fals
         num_attention_heads=2 if rotary else 4,
         attention_head_dim=16 if rotary else 8,  # rotary splits head_dim over t/h/w
         in_channels=4, out_channels=4, time_embed_dim=2, text_embed_dim=32, num_layers=1,
-        sample_width=2, sample_height=2, sample_frames=9,  # latent 2x2 -> 16x16 px; 9 frames -> 3 latent frames
+        sample_width=4, sample_height=4, sample_frames=9,  # latent 4x4 -> 32x32 px; 9 frames -> 3 latent frames
         patch_size=2, temporal_compression_ratio=4, max_text_seq_length=16,
         use_rotary_positional_embeddings=rotary,
     )

@@ -51,10 +51,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         result, judgements = evaluate_model(examples, args.model, engine=args.engine, name=args.name,
                                             concurrency=args.concurrency, num_frames=args.num_frames,
-                                            progress=progress)
+                                            max_reason_tokens=args.max_reason_tokens, progress=progress)
     else:
         result, judgements = evaluate_server(examples, args.server, api_key=args.api_key, name=args.name,
-                                             batch_size=args.batch_size, num_frames=args.num_frames)
+                                             batch_size=args.batch_size, num_frames=args.num_frames,
+                                             max_reason_tokens=args.max_reason_tokens)
     print(table2_markdown([result]))
     print()
     print(agreement_markdown(result))
@@ -119,6 +120,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     e.add_argument("--api-key", default=None, help="API key for --server.")
     e.add_argument("--name", default=None, help="Row name in the table (default: model folder or URL).")
     e.add_argument("--num-frames", type=int, default=None, help="Frames per video (default: the critic's, 8).")
+    e.add_argument("--max-reason-tokens", type=int, default=None,
+                   help="Bound on each rationale's tokens (default 32; reasons do not count in the metrics).")
     e.add_argument("--concurrency", type=int, default=4, help="Videos in flight with --model.")
     e.add_argument("--batch-size", type=int, default=8, help="Videos per batch request with --server.")
     e.add_argument("--out", type=Path, default=None, help="Folder for report.json, report.md, confusion.png.")

@@ -20,8 +20,14 @@ from finetune.critic.metrics import (EvalReport, Judgement, full_markdown, plot_
 from service.errors import LiftError
 from service.protocol import ScoreOptions, ScoreResponse
 
-# Greedy, seeded: an evaluation is reproducible.
-EVAL_OPTIONS = ScoreOptions(temperature=0.0, seed=0)
+# Greedy, seeded: an evaluation is reproducible. Reasons are kept for the judgements file but do not count,
+# so they are bounded shorter than the service default.
+EVAL_OPTIONS = ScoreOptions(temperature=0.0, seed=0, max_reason_tokens=32)
+
+
+def eval_options(num_frames: int | None = None, max_reason_tokens: int | None = None) -> ScoreOptions:
+    update = {k: v for k, v in (("num_frames", num_frames), ("max_reason_tokens", max_reason_tokens)) if v}
+    return EVAL_OPTIONS.model_copy(update=update)
 Item = tuple[Path, str]  # (video, caption)
 Outcome = ScoreResponse | LiftError
 
@@ -79,7 +85,7 @@ async def score_items(critic: Any, items: Sequence[Item], *, concurrency: int = 
 
 def evaluate_model(examples: Sequence[RatedExample], model_dir: Path | str, *, engine: str = "vllm",
                    name: str | None = None, concurrency: int = 4, num_frames: int | None = None,
-                   progress: Callable[[int, int], None] | None = None,
+                   max_reason_tokens: int | None = None, progress: Callable[[int, int], None] | None = None,
                    **engine_options: Any) -> tuple[EvalReport, list[Judgement]]:
     """Load the checkpoint on `engine`, score every rated video, summarise."""
     from service.critic import Critic
@@ -93,7 +99,8 @@ def evaluate_model(examples: Sequence[RatedExample], model_dir: Path | str, *, e
         critic = Critic.from_pretrained(model_dir, engine=engine, **kwargs)
         await critic.start()
         try:
-            return await score_items(critic, items, concurrency=concurrency, progress=progress)
+            return await score_items(critic, items, concurrency=concurrency, progress=progress,
+                                     options=eval_options(num_frames, max_reason_tokens))
         finally:
             await critic.stop()
 
@@ -105,12 +112,13 @@ def evaluate_model(examples: Sequence[RatedExample], model_dir: Path | str, *, e
 
 def evaluate_server(examples: Sequence[RatedExample], url: str | Sequence[str], *, api_key: str | None = None,
                     name: str | None = None, batch_size: int = 8, timeout_s: float = 600.0,
-                    num_frames: int | None = None) -> tuple[EvalReport, list[Judgement]]:
+                    num_frames: int | None = None,
+                    max_reason_tokens: int | None = None) -> tuple[EvalReport, list[Judgement]]:
     """Score through a running `lift serve` (one or several replicas) with the project's client."""
     from clients import RewardClient
 
     items = group_items(examples)
-    options = EVAL_OPTIONS.model_copy(update={"num_frames": num_frames}) if num_frames else EVAL_OPTIONS
+    options = eval_options(num_frames, max_reason_tokens)
     with RewardClient(url, api_key=api_key, timeout=timeout_s) as client:
         outcomes = client.score_batch([str(v) for v, _ in items], [c for _, c in items], options=options,
                                       batch_size=batch_size, return_exceptions=True)
@@ -134,5 +142,5 @@ def write_report(report: EvalReport, judgements: Sequence[Judgement], out_dir: P
     return paths
 
 
-__all__ = ["EVAL_OPTIONS", "evaluate_model", "evaluate_server", "group_items", "judge", "score_items",
+__all__ = ["EVAL_OPTIONS", "eval_options", "evaluate_model", "evaluate_server", "group_items", "judge", "score_items",
            "table2_markdown", "write_report"]

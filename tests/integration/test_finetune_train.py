@@ -57,10 +57,10 @@ def test_generate_writes_videos_and_manifest_and_resumes(tiny_model, generated):
     assert [r["seed"] for r in rows] == [10, 11, 12, 13]
     first = rows[0]
     assert first["prompt"] == "a red car at night"
-    assert first["sampling"] == {"num_inference_steps": 2, "guidance_scale": 6.0, "num_frames": 9, "height": 16,
-                                 "width": 16, "fps": 8}
+    assert first["sampling"] == {"num_inference_steps": 2, "guidance_scale": 6.0, "num_frames": 9, "height": 32,
+                                 "width": 32, "fps": 8}
     frames = read_frames(first["video"])
-    assert frames.shape == (9, 16, 16, 3) and frames.dtype.name == "uint8"
+    assert frames.shape == (9, 32, 32, 3) and frames.dtype.name == "uint8"
     # Same seed, different videos per sample; a rerun skips everything; a lost video is redone under its id.
     assert not (read_frames(rows[0]["video"]) == read_frames(rows[1]["video"])).all()
     before = Path(rows[2]["video"]).read_bytes()
@@ -92,7 +92,7 @@ def test_train_lora_saves_what_load_lora_weights_reads(tiny_model, generated, tm
 
     def sample(pipe):
         g = torch.Generator().manual_seed(0)
-        return pipe("a dog", num_inference_steps=2, num_frames=9, height=16, width=16, generator=g,
+        return pipe("a dog", num_inference_steps=2, generator=g,
                     output_type="np", max_sequence_length=16).frames
 
     base = CogVideoXPipeline.from_pretrained(tiny_model)

@@ -37,8 +37,8 @@ def _trainer(model, tmp_path, real_weight=1.0, full=False) -> RewardWeightedTrai
 def _batch(trainer, n_syn: int, n_real: int, weights, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
     pipe = trainer.pipe
-    # [B, F, C, H, W] latents of the tiny model's training shape (3 latent frames, 4 channels, 2x2)
-    latents = torch.randn(n_syn + n_real, 3, 4, 2, 2, generator=g)
+    # [B, F, C, H, W] latents of the tiny model's training shape (3 latent frames, 4 channels, 4x4)
+    latents = torch.randn(n_syn + n_real, 3, 4, 4, 4, generator=g)
     prompts = ["a red car at night", "a dog runs", "a bird flies over the river", "the sun", "a cat"][: n_syn + n_real]
     with torch.no_grad():
         embeds = pipe.encode_prompt(prompts, do_classifier_free_guidance=False,
