@@ -141,6 +141,16 @@ def build_tiny_vila(out_dir: str | Path, seed: int = 0, with_lora: bool = False)
     return out
 
 
+def build_tiny_vila_critic(out_dir: str | Path, seed: int = 0, with_lora: bool = True) -> Path:
+    """A tiny VILA in VILA's layout under `out_dir/vila-src`, converted (LoRA merged) into `out_dir/critic`:
+    the folder `Critic.from_pretrained` loads (what `build_tiny_critic` promises for the other family)."""
+    from service.families.vila.convert import convert_vila
+
+    out = Path(out_dir)
+    src = build_tiny_vila(out / "vila-src", seed=seed, with_lora=with_lora)
+    return convert_vila(src, out / "critic", src / "lora" if with_lora else None).out_dir
+
+
 def _write_lora(out: Path, llm, tower, projector, seed: int) -> None:
     """LiFT's release: a peft LoRA on the language model + `non_lora_trainables.bin` (LLaVA convention)."""
     import torch
@@ -170,4 +180,4 @@ def _write_lora(out: Path, llm, tower, projector, seed: int) -> None:
     torch.save(non_lora, lora_dir / "non_lora_trainables.bin")
 
 
-__all__ = ["build_tiny_vila", "IMAGE_SIZE", "PATCH_SIZE", "LORA_R", "LORA_ALPHA"]
+__all__ = ["build_tiny_vila", "build_tiny_vila_critic", "IMAGE_SIZE", "PATCH_SIZE", "LORA_R", "LORA_ALPHA"]
