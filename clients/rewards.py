@@ -89,11 +89,16 @@ class AsyncRewardFunction:
                                    max_connections=max(concurrency, 8))
         self._base_urls = base_urls
         self._client: AsyncRewardClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def client(self) -> AsyncRewardClient:
-        if self._client is None:
+        # httpx's async pool belongs to one event loop; a caller running asyncio.run() per step gets a
+        # fresh client per loop instead of "attached to a different loop" errors.
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
             self._client = AsyncRewardClient(self._base_urls, **self._client_kwargs)
+            self._client_loop = loop
         return self._client
 
     async def __call__(

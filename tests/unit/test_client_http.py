@@ -435,6 +435,12 @@ def test_reward_fn_sync_fields_weights_and_failures(replicas: list[Scripted], vi
     assert a.hits + b.hits >= 5 and min(a.hits, b.hits) > 0
 
 
+def test_async_reward_fn_survives_one_event_loop_per_step(replicas: list[Scripted], video: Path) -> None:
+    fn = async_reward_fn(replicas[0].url)
+    for _ in range(2):  # a training loop that calls asyncio.run() each step
+        assert asyncio.run(fn([video], ["a"])) == [pytest.approx(0.05 + 1 / 12, abs=1e-4)]
+
+
 async def test_async_reward_fn_with_trl_keywords(replicas: list[Scripted], video: Path) -> None:
     fn = async_reward_fn([r.url for r in replicas], reward="expected_reward", concurrency=4)
     try:
