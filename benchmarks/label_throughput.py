@@ -142,6 +142,7 @@ def main() -> int:
         options = {"max_reason_tokens": args.max_reason_tokens} if args.max_reason_tokens else {}
         extra = ["--max-reason-tokens", str(args.max_reason_tokens)] if args.max_reason_tokens else []
         rows: list[tuple[str, int, int, float]] = []
+        load_before = os.getloadavg()[0]
         with replicas(model, 2, args.engine, not args.no_bind, tmp) as urls:
             # Warm both replicas (first requests compile/allocate) so no run pays for it.
             naive(urls[0], items[:2], options)
@@ -153,7 +154,9 @@ def main() -> int:
                     vps = lift_label(urls[:n_rep], manifest, out, conc, extra)
                     rows.append((f"lift label --concurrency {conc}", n_rep, conc, vps))
     base = rows[0][3]
-    print(f"machine: {os.cpu_count()} CPU cores, engine {args.engine}, tiny critic; "
+    # The CPU may be shared: say how busy it was, since every number here is CPU-bound.
+    print(f"machine: {os.cpu_count()} CPU cores (load average {load_before:.1f} at start, "
+          f"{os.getloadavg()[0]:.1f} at end), engine {args.engine}, tiny critic; "
           f"{args.videos} videos per lift label run, {args.naive_videos} for naive; "
           f"max_reason_tokens={args.max_reason_tokens or 'service default'}")
     print(f"{'client':<44} {'replicas':>8} {'conc':>5} {'videos/s':>9} {'x naive':>8}")
