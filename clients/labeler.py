@@ -155,7 +155,10 @@ async def _run(manifest: Manifest, todo: list[ManifestItem], journal: Journal, c
                 except Exception as exc:  # a bug or an odd file; keep the run and the evidence
                     record(error_record(it.id, it.video, it.prompt, "client_error", f"{type(exc).__name__}: {exc}"))
                     continue
-                record(ok_record(it.id, it.video, it.prompt, resp))
+                try:
+                    record(ok_record(it.id, it.video, it.prompt, resp))
+                except ValueError as exc:  # e.g. a NaN the journal refuses to write as JSON
+                    record(error_record(it.id, it.video, it.prompt, "client_error", f"unwritable result: {exc}"))
 
         try:
             await asyncio.gather(*(worker() for _ in range(min(config.concurrency, max(1, len(todo))))))
