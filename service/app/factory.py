@@ -59,5 +59,6 @@ def create_app(
         metrics=metrics,
         auth=ApiKeyAuth(settings.api_keys, protect_ops=settings.auth_ops_routes),
         max_body_bytes=settings.max_body_bytes,
+        known_paths=frozenset(getattr(r, "path", "") for r in app.routes),
     )
     return app

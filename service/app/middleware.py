@@ -28,8 +28,11 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: ServiceMetrics, auth: ApiKeyAuth, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: ServiceMetrics, auth: ApiKeyAuth, max_body_bytes: int, known_paths: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
+        self.known_paths = known_paths  # route label for requests refused before routing (401, 413)
         self.metrics = metrics
         self.auth = auth
         self.max_body_bytes = max_body_bytes
@@ -109,7 +112,8 @@ class RequestMiddleware:
     # -- after the app -----------------------------------------------------------------------------
     def _record(self, scope: Scope, ctx: context.RequestContext, status: int, elapsed_s: float) -> None:
         route = scope.get("route")
-        route_path = getattr(route, "path", None) or "other"
+        path = scope.get("path", "")
+        route_path = getattr(route, "path", None) or (path if path in self.known_paths else "other")
         self.metrics.requests.labels(route=route_path, status=str(status)).inc()
         self.metrics.request_duration.labels(route=route_path).observe(elapsed_s)
         if status >= 400:

@@ -149,7 +149,7 @@ def stop_server(proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> int:
 
 @contextlib.contextmanager
 def spawn_server(
-    model_dir: str | Path,
+    model_dir: str | Path | None,
     engine: str = "transformers",
     env: dict[str, str] | None = None,
     *,
@@ -158,11 +158,15 @@ def spawn_server(
     ready_timeout_s: float = 240.0,
     log_dir: Path | None = None,
 ) -> Iterator[SpawnedServer]:
-    """Start `lift serve --model DIR --engine ENGINE` on a free port; yield once /ready is 200."""
+    """Start `lift serve --model DIR --engine ENGINE` on a free port; yield once /ready is 200.
+
+    `model_dir=None` leaves --model out (for `args=("--demo",)` or LIFT_MODEL in `env`).
+    """
     port = free_port()
     log_dir = log_dir or Path(os.environ.get("PYTEST_TMPDIR", "/tmp"))
     log_path = log_dir / f"lift-serve-{port}.log"
-    cmd = [sys.executable, "-m", "clients.cli", "serve", "--model", str(model_dir), "--engine", engine,
+    model_args = ["--model", str(model_dir)] if model_dir is not None else []
+    cmd = [sys.executable, "-m", "clients.cli", "serve", *model_args, "--engine", engine,
            "--host", "127.0.0.1", "--port", str(port), *args]
     full_env = {**os.environ, **SERVER_ENV, **(env or {})}
     with open(log_path, "wb") as log:
@@ -183,7 +187,7 @@ def spawn_server(
 def spawn_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., contextlib.AbstractContextManager[SpawnedServer]]:
     log_dir = tmp_path_factory.mktemp("server_logs")
 
-    def factory(model_dir: str | Path, engine: str = "transformers", env: dict[str, str] | None = None, **kw: Any) -> contextlib.AbstractContextManager[SpawnedServer]:
+    def factory(model_dir: str | Path | None, engine: str = "transformers", env: dict[str, str] | None = None, **kw: Any) -> contextlib.AbstractContextManager[SpawnedServer]:
         kw.setdefault("log_dir", log_dir)
         return spawn_server(model_dir, engine, env, **kw)
 

@@ -33,6 +33,7 @@ def test_auth_on(serve_app: Any, caplog: pytest.LogCaptureFixture) -> None:
             assert c.get(path).status_code == 200, path
         metrics = c.get("/metrics").text
         assert 'lift_rejected_requests_total{reason="unauthorized"}' in metrics
+        assert 'lift_requests_total{route="/v1/score",status="401"} 5.0' in metrics
     logged = caplog.text + "".join(str(getattr(r, "fields", "")) for r in caplog.records)
     for key in KEYS.split(","):
         assert key not in logged

@@ -116,3 +116,18 @@ def test_serve_without_model_is_a_clear_error() -> None:
     env.pop("LIFT_MODEL", None)
     proc = subprocess.run([sys.executable, "-m", "clients.cli", "serve"], cwd=REPO, env=env, capture_output=True, timeout=60)
     assert proc.returncode == 2 and b"--model" in proc.stderr
+
+
+@pytest.mark.slow
+def test_demo_builds_the_tiny_critic_once_then_serves(spawn_server: Callable[..., Any], tmp_path: Path) -> None:
+    demo_dir = tmp_path / "cache" / "demo-critic"
+    env = {"LIFT_DEMO_DIR": str(demo_dir)}
+    with spawn_server(None, engine="transformers", env=env, args=("--demo",)) as srv:
+        assert (demo_dir / "config.json").is_file()
+        card = httpx.get(f"{srv.url}/v1/models").json()["data"][0]
+        assert card["family"] == "qwen2_vl" and card["engine"] == "transformers"
+        assert "building the demo critic" in srv.log()
+    built = (demo_dir / "config.json").stat().st_mtime
+    with spawn_server(None, engine="transformers", env=env, args=("--demo",)) as srv:
+        assert "building the demo critic" not in srv.log()  # reused, not rebuilt
+    assert (demo_dir / "config.json").stat().st_mtime == built

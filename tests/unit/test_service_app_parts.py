@@ -165,3 +165,39 @@ async def test_admission_releases_slots_on_cancel() -> None:
     assert (adm.inflight, adm.queued, adm.admitted) == (0, 0, 0)
     async with adm.admit(), adm.engine_slot():  # the slot is usable again
         assert adm.inflight == 1
+
+
+# ---- the catch-all: a bug is a logged 500 in the same body shape -----------------------------------
+async def test_unexpected_exception_becomes_logged_500(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    # A critic that hits a programming error (no real engine fails on demand like this; this checks
+    # the HTTP layer's last line of defence only).
+    import httpx
+
+    from service.app import create_app
+    from service.protocol import ModelCard
+
+    class BuggyCritic:
+        ready = True
+        parse_failures = 0
+
+        async def start(self) -> None: ...
+        async def stop(self) -> None: ...
+
+        def model_card(self) -> ModelCard:
+            raise ValueError("bug in model_card")
+
+        async def score(self, *a: object, **k: object) -> None:
+            raise KeyError("bug in score")
+
+    (tmp_path / "v.mp4").write_bytes(b"x")
+    app = create_app(ServiceSettings(media_root=tmp_path), BuggyCritic())  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for method, path, kw in (("GET", "/v1/models", {}), ("POST", "/v1/score", {"json": {"prompt": "x", "video": {"path": "v.mp4"}}})):
+            with caplog.at_level("INFO"):
+                r = await client.request(method, path, **kw)
+            assert r.status_code == 500
+            assert r.json() == {"error": {"code": "internal_error", "message": "internal server error", "param": None}}
+    assert "unhandled error" in caplog.text and "bug in" in caplog.text
+    access = [rec.fields for rec in caplog.records if rec.name == "lift.access"]  # type: ignore[attr-defined]
+    assert [a["status"] for a in access] == [500, 500] and all(a["error"] == "internal_error" for a in access)
