@@ -20,9 +20,9 @@ import os
 import re
 import shutil
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -181,7 +181,9 @@ class RewardWeightedTrainer:
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
         if acc.is_main_process:
-            state = {"global_step": self.global_step, "config": asdict(self.cfg)}
+            state = {"global_step": self.global_step, "config": asdict(self.cfg),
+                     "mixed_precision": str(acc.mixed_precision), "num_processes": acc.num_processes,
+                     "distributed_type": str(acc.distributed_type)}
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
             replace_dir(tmp, final)  # the rename is the commit point
             limit = self.cfg.checkpoints_total_limit
@@ -227,7 +229,7 @@ class RewardWeightedTrainer:
             with torch.no_grad():
                 clip = load_clip(s.video, self.num_frames, self.height, self.width).unsqueeze(0).to(dev, dtype)
                 # The posterior sample is seeded per sample id: the same data gives the same latents.
-                g = torch.Generator(device=dev).manual_seed(_mix(self.cfg.seed, int.from_bytes(s.id.encode()[-8:], "big")))
+                g = torch.Generator(device=dev).manual_seed(_mix(self.cfg.seed, zlib.crc32(s.id.encode())))
                 lat = vae.encode(clip).latent_dist.sample(generator=g) * vae.config.scaling_factor
                 latents.append(lat[0].permute(1, 0, 2, 3).contiguous().float())  # [F, C, H, W]
                 emb = pipe.encode_prompt(s.prompt, do_classifier_free_guidance=False, num_videos_per_prompt=1,
@@ -390,6 +392,3 @@ def run_train(cfg: TrainConfig, pipe=None) -> TrainResult:
     trainer.set_data(syn, real)
     return trainer.train()
 
-
-def summarize_config(cfg: TrainConfig) -> dict[str, Any]:
-    return asdict(cfg)

@@ -6,6 +6,7 @@ import json
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -205,3 +206,26 @@ def test_loop_fails_clearly_on_outage_and_resumes_without_damage(tiny_model, tmp
     log = [json.loads(line) for line in (out / "loop_log.jsonl").read_text().splitlines()]
     assert [r["round"] for r in log] == [0, 1, 2] and all(r["n"] == 2 for r in log)
     assert (out / "rewards.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_accelerate_launch_with_a_shipped_config_and_bf16(tiny_model, generated, tmp_path):
+    """The real launcher path: `accelerate launch --config_file finetune/configs/cpu.yaml --mixed_precision bf16
+    -m clients.cli finetune train ...`; mixed precision comes from the launcher when the flag is not given."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    labels = _labels(generated, [0.9, 0.05, 0.2, 0.6])
+    out = tmp_path / "launched"
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--config_file", str(repo / "finetune/configs/cpu.yaml"), "--mixed_precision",
+           "bf16", "-m", "clients.cli", "finetune", "train", "--model", str(tiny_model), "--data", str(labels),
+           "--out", str(out), "--lora-rank", "4", "--max-steps", "2", "--batch-size", "2", "--no-progress"]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((out / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["mixed_precision"] == "bf16" and state["num_processes"] == 1
+    assert all(np.isfinite(json.loads(x)["loss"]) for x in (out / "train_log.jsonl").read_text().splitlines())
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
