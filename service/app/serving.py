@@ -197,10 +197,10 @@ class ScoringService:
 
     # -- scoring ---------------------------------------------------------------------------------------
     def _media_limits(self) -> Any:
-        """The critic's media limits with this server's byte cap applied (decoding re-checks sizes)."""
+        """The critic's media limits with this server's byte cap (LIFT_MAX_VIDEO_BYTES) in place of its own."""
         base = getattr(self.critic, "limits", None)
-        if base is not None and dataclasses.is_dataclass(base):
-            return dataclasses.replace(base, max_bytes=min(getattr(base, "max_bytes", self.settings.max_video_bytes), self.settings.max_video_bytes))
+        if base is not None and dataclasses.is_dataclass(base) and not isinstance(base, type):
+            return dataclasses.replace(base, max_bytes=self.settings.max_video_bytes)
         return base
 
     async def _video_of(self, request: ScoreRequest, prefix: str) -> bytes | Path:
