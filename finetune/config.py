@@ -109,6 +109,9 @@ class TrainConfig:
     checkpoints_total_limit: int | None = field(default=None, metadata={"help": "Keep at most this many checkpoints."})
     resume: str | None = field(default=None, metadata={"help": "Resume: 'latest' or a checkpoint folder."})
     seed: int = field(default=0, metadata={"help": "Seed of data order, noise and timesteps."})
+    sample_latents: bool = field(default=True, metadata={
+        "help": "For generated samples, train on the sampler's latents saved next to the mp4 (by `finetune "
+                "generate`) when present and of the training shape, instead of re-encoding the mp4 with the VAE."})
     num_frames: int | None = field(default=None, metadata={"help": "Training frames, 4k+1 (default: the model's)."})
     height: int | None = field(default=None, metadata={"help": "Training height (default: the model's)."})
     width: int | None = field(default=None, metadata={"help": "Training width (default: the model's)."})

@@ -60,8 +60,9 @@ def sampling_settings(pipe, sampling: SamplingConfig) -> dict[str, Any]:
     }
 
 
-def sample(pipe, prompts: list[str], seeds: list[int], settings: dict[str, Any]):
-    """uint8 (B, F, H, W, 3) videos, one generator per video."""
+def sample(pipe, prompts: list[str], seeds: list[int], settings: dict[str, Any], return_latents: bool = False):
+    """uint8 (B, F, H, W, 3) videos, one generator per video; with return_latents also the sampler's final
+    latents [B, F, C, h, w] (the space the transformer is trained in)."""
     import numpy as np
     import torch
 
@@ -69,11 +70,20 @@ def sample(pipe, prompts: list[str], seeds: list[int], settings: dict[str, Any])
     gen_device = "cpu" if device.type == "mps" else device
     generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
     kwargs = {k: v for k, v in settings.items() if k != "fps"}
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(_pipe, _i, _t, tensors):
+        captured["latents"] = tensors["latents"]
+        return tensors
+
     with torch.no_grad():
         out = pipe(prompt=prompts, generator=generators, output_type="np",
-                   max_sequence_length=pipe.transformer.config.max_text_seq_length, **kwargs)
-    frames = np.asarray(out.frames)
-    return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+                   max_sequence_length=pipe.transformer.config.max_text_seq_length,
+                   callback_on_step_end=grab, callback_on_step_end_tensor_inputs=["latents"], **kwargs)
+    frames = (np.clip(np.asarray(out.frames), 0.0, 1.0) * 255).round().astype(np.uint8)
+    if return_latents:
+        return frames, captured["latents"].float().cpu()
+    return frames
 
 
 def _plan(prompts: list[Prompt], per_prompt: int, seed: int) -> list[tuple[str, Prompt, int]]:
@@ -81,8 +91,11 @@ def _plan(prompts: list[Prompt], per_prompt: int, seed: int) -> list[tuple[str, 
 
 
 def generate_into(pipe, prompts: list[Prompt], out: str | Path, *, per_prompt: int, sampling: SamplingConfig,
-                  meta: dict[str, Any] | None = None, progress: bool = True) -> Path:
-    """Generate what the manifest in `out` lacks; returns the manifest path."""
+                  meta: dict[str, Any] | None = None, progress: bool = True, save_latents: bool = True) -> Path:
+    """Generate what the manifest in `out` lacks; returns the manifest path.
+
+    save_latents keeps the sampler's latents next to each mp4 (`<id>.latents.pt`, a few KB at 480x720x49):
+    training on generated samples can use them instead of re-encoding the mp4 (exact, and no VAE pass)."""
     from tqdm.auto import tqdm
 
     from finetune.video_io import write_mp4
@@ -104,8 +117,11 @@ def generate_into(pipe, prompts: list[Prompt], out: str | Path, *, per_prompt: i
     with manifest.open("a", encoding="utf-8") as f:
         for start in range(0, len(todo), sampling.batch_size):
             batch = todo[start:start + sampling.batch_size]
-            videos = sample(pipe, [p.text for _, p, _ in batch], [s for _, _, s in batch], settings)
-            for (vid, p, s), frames in zip(batch, videos):
+            videos, latents = sample(pipe, [p.text for _, p, _ in batch], [s for _, _, s in batch], settings,
+                                     return_latents=True)
+            for (vid, p, s), frames, lat in zip(batch, videos, latents):
+                if save_latents:
+                    save_latent_sidecar(lat, out / "videos" / f"{vid}.mp4")
                 path = write_mp4(frames, out / "videos" / f"{vid}.mp4", fps=settings["fps"])
                 row = {"id": vid, "video": str(path.resolve()), "prompt": p.text, "prompt_id": p.id, "seed": s,
                        "sampling": settings, **(meta or {})}
@@ -116,6 +132,20 @@ def generate_into(pipe, prompts: list[Prompt], out: str | Path, *, per_prompt: i
             bar.update(len(batch))
     bar.close()
     return manifest
+
+
+def latent_sidecar(video: str | Path) -> Path:
+    return Path(video).with_suffix(".latents.pt")
+
+
+def save_latent_sidecar(latents, video: str | Path) -> Path:
+    import torch
+
+    path = latent_sidecar(video)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(latents.clone().contiguous(), tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def _atomic_write_lines(path: Path, lines: list[str]) -> None:

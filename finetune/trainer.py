@@ -212,10 +212,11 @@ class RewardWeightedTrainer:
         return self.global_step
 
     # ---- data --------------------------------------------------------------------------------------
-    def encode(self, samples: list[Sample], desc: str = "encode") -> EncodedSet:
+    def encode(self, samples: list[Sample], desc: str = "encode", use_sidecars: bool = False) -> EncodedSet:
         """Latents (VAE, frozen) and T5 embeddings of this process's shard of `samples`."""
         from tqdm.auto import tqdm
 
+        from finetune.generate import latent_sidecar
         from finetune.video_io import load_clip
 
         acc, pipe = self.accelerator, self.pipe
@@ -225,24 +226,36 @@ class RewardWeightedTrainer:
         vae = pipe.vae
         dev, dtype = acc.device, vae.dtype
         latents, embeds = [], []
+        shape = ((self.num_frames - 1) // pipe.vae_scale_factor_temporal + 1, pipe.transformer.config.in_channels,
+                 self.height // pipe.vae_scale_factor_spatial, self.width // pipe.vae_scale_factor_spatial)
+        reused = 0
         for i, s in enumerate(tqdm(shard, desc=desc, disable=not (self.cfg.progress and acc.is_local_main_process))):
+            sidecar = latent_sidecar(s.video) if use_sidecars else None
             with torch.no_grad():
+                emb = pipe.encode_prompt(s.prompt, do_classifier_free_guidance=False, num_videos_per_prompt=1,
+                                         max_sequence_length=pipe.transformer.config.max_text_seq_length,
+                                         device=dev)[0]
+                embeds.append(emb[0].float())
+                if sidecar is not None and sidecar.is_file():
+                    lat = torch.load(sidecar, map_location="cpu", weights_only=True)
+                    if tuple(lat.shape) == shape:  # the sampler's own latents: exact, no VAE round trip
+                        latents.append(lat.float().to(dev))
+                        reused += 1
+                        continue
                 clip = load_clip(s.video, self.num_frames, self.height, self.width).unsqueeze(0).to(dev, dtype)
                 # The posterior sample is seeded per sample id: the same data gives the same latents.
                 g = torch.Generator(device=dev).manual_seed(_mix(self.cfg.seed, zlib.crc32(s.id.encode())))
                 lat = vae.encode(clip).latent_dist.sample(generator=g) * vae.config.scaling_factor
                 latents.append(lat[0].permute(1, 0, 2, 3).contiguous().float())  # [F, C, H, W]
-                emb = pipe.encode_prompt(s.prompt, do_classifier_free_guidance=False, num_videos_per_prompt=1,
-                                         max_sequence_length=pipe.transformer.config.max_text_seq_length,
-                                         device=dev)[0]
-                embeds.append(emb[0].float())
+        if reused:
+            log.info("%s: %d of %d samples use the sampler's saved latents", desc, reused, len(shard))
         return EncodedSet([s.id for s in shard], latents, embeds, torch.tensor([s.weight for s in shard]))
 
     def set_data(self, syn: list[Sample], real: list[Sample] | None = None) -> None:
         if not syn:
             raise ConfigError("no usable training samples (all lines errors, or none selected by --reward)",
                               param="data")
-        self.syn = self.encode(syn, "encode generated")
+        self.syn = self.encode(syn, "encode generated", use_sidecars=self.cfg.sample_latents)
         self.real = self.encode(real, "encode real") if real and self.cfg.real_weight > 0 else None
 
     def _indices(self, n: int, micro: int, batch_size: int, stream: int) -> list[int]:
