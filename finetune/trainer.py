@@ -3,7 +3,8 @@
 One process on a CPU here; the same code runs under `accelerate launch` with the DDP / DeepSpeed ZeRO-2
 configs in finetune/configs/. Design choices that matter:
 
-- Latents and text embeddings are computed once (VAE and T5 are frozen), per process for its shard.
+- Latents and text embeddings are computed once (VAE and T5 are frozen), per process for its shard;
+  generated samples use the sampler's own latents saved beside the mp4 when present (exact, no VAE pass).
 - Data order, noise and timesteps are pure functions of (seed, micro-step, process): a run resumed from
   a checkpoint draws exactly what the uninterrupted run drew, without replaying RNG streams.
 - accelerate save/load hooks write the model part of a checkpoint in the users' formats (a LoRA that

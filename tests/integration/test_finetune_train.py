@@ -62,6 +62,9 @@ def test_generate_writes_videos_and_manifest_and_resumes(tiny_model, generated):
                                  "width": 32, "fps": 8}
     frames = read_frames(first["video"])
     assert frames.shape == (9, 32, 32, 3) and frames.dtype.name == "uint8"
+    # The sampler's latents sit next to the mp4 in the transformer's training shape [F, C, h, w].
+    lat = torch.load(Path(first["video"]).with_suffix(".latents.pt"), weights_only=True)
+    assert tuple(lat.shape) == (3, 4, 4, 4) and torch.isfinite(lat).all()
     # Same seed, different videos per sample; a rerun skips everything; a lost video is redone under its id.
     assert not (read_frames(rows[0]["video"]) == read_frames(rows[1]["video"])).all()
     before = Path(rows[2]["video"]).read_bytes()
@@ -110,7 +113,7 @@ def test_full_finetune_saves_a_pipeline(tiny_model, generated, tmp_path):
     out = tmp_path / "full-run"
     assert lift(["finetune", "train", "--model", str(tiny_model), "--data", str(labels), "--out", str(out), "--full",
                  "--learning-rate", "1e-3", "--max-steps", "2", "--batch-size", "2", "--no-progress",
-                 "--reward", "rejection"]) == 0
+                 "--reward", "rejection", "--no-sample-latents"]) == 0  # the mp4 -> VAE encode path
     tuned = CogVideoXPipeline.from_pretrained(out / "pipeline")
     base = CogVideoXPipeline.from_pretrained(tiny_model)
     a, b = tuned.transformer.state_dict(), base.transformer.state_dict()
