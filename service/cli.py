@@ -99,7 +99,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from service.app.server import GracefulServer, uvicorn_config
     from service.critic import Critic
 
-    critic = Critic.from_pretrained(settings.model, engine=settings.engine)
+    critic = Critic.from_pretrained(settings.model, engine=settings.engine, **settings.engine_options())
     failed: list[BaseException] = []
 
     def on_fatal(exc: BaseException) -> None:

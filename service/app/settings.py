@@ -34,6 +34,13 @@ class ServiceSettings(BaseSettings):
     demo: bool = Field(False, description="Serve the tiny random demo critic (built on first use).")
     demo_dir: Path = Field(DEFAULT_DEMO_DIR, description="Where the demo critic is built and cached.")
 
+    # vLLM engine shape (ignored by the transformers engine except dtype)
+    dtype: str = Field("auto", description="Weights dtype: auto, float32, bfloat16, float16.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica (vLLM tensor parallel; 40B critic: 2-4).")
+    max_model_len: int = Field(4096, ge=256, description="Longest prompt + answer in tokens (8 VILA frames = 1,568).")
+    max_num_seqs: int = Field(64, ge=1, description="Sequences vLLM batches at once (each score is 6+ requests).")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of GPU memory vLLM may take.")
+
     media_root: Path | None = Field(None, description="Server folder `video.path` may read from; unset = paths off.")
     max_video_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest video accepted (upload, base64, URL, path).")
     url_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Hosts `video.url` may name; empty = any public host.")
@@ -72,6 +79,14 @@ class ServiceSettings(BaseSettings):
     def max_body_bytes(self) -> int:
         """Largest request body: a base64 video of max_video_bytes plus room for the rest of the JSON."""
         return (self.max_video_bytes + 2) // 3 * 4 + 1024 * 1024
+
+    def engine_options(self) -> dict[str, Any]:
+        """Keyword arguments for `Critic.from_pretrained` that shape the engine."""
+        if self.engine == "transformers":
+            return {"dtype": "float32" if self.dtype == "auto" else self.dtype}
+        return {"dtype": self.dtype, "tensor_parallel_size": self.tensor_parallel_size,
+                "max_model_len": self.max_model_len, "max_num_seqs": self.max_num_seqs,
+                "gpu_memory_utilization": self.gpu_memory_utilization}
 
     def public_view(self) -> dict[str, Any]:
         """What may be printed or logged: everything but the keys themselves."""
