@@ -49,9 +49,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if done == total or done % max(1, total // 20) == 0:
                 _say(f"scored {done}/{total} videos")
 
+        engine_options = {"dtype": args.dtype} if args.dtype else {}
         result, judgements = evaluate_model(examples, args.model, engine=args.engine, name=args.name,
                                             concurrency=args.concurrency, num_frames=args.num_frames,
-                                            max_reason_tokens=args.max_reason_tokens, progress=progress)
+                                            max_reason_tokens=args.max_reason_tokens, progress=progress,
+                                            **engine_options)
     else:
         result, judgements = evaluate_server(examples, args.server, api_key=args.api_key, name=args.name,
                                              batch_size=args.batch_size, num_frames=args.num_frames,
@@ -117,6 +119,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     src.add_argument("--model", type=Path, help="Critic checkpoint folder to load here.")
     src.add_argument("--server", action="append", help="URL of a running `lift serve` (repeat for replicas).")
     e.add_argument("--engine", choices=("vllm", "transformers"), default="vllm", help="Engine for --model.")
+    e.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
+                   help="Weights dtype for --model (default: the engine's own default).")
     e.add_argument("--api-key", default=None, help="API key for --server.")
     e.add_argument("--name", default=None, help="Row name in the table (default: model folder or URL).")
     e.add_argument("--num-frames", type=int, default=None, help="Frames per video (default: the critic's, 8).")
