@@ -98,12 +98,11 @@ def main() -> int:
     ap.add_argument("--train-videos", type=int, default=96)
     ap.add_argument("--test-videos", type=int, default=32)
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--lora-rank", type=int, default=16)
-    ap.add_argument("--frozen-vision", action="store_true",
-                    help="Keep vision tower and projector frozen (LiFT's default; a random tiny tower gives "
-                         "the LoRA little to read, see results).")
+    ap.add_argument("--unfreeze-vision", action="store_true",
+                    help="Also train the vision tower and projector (default: frozen, as LiFT).")
     ap.add_argument("--skip-vllm", action="store_true")
     args = ap.parse_args()
 
@@ -128,7 +127,7 @@ def main() -> int:
     timings: dict[str, float] = {}
     if not (critic / "lift_training.json").is_file():
         t = time.time()
-        extra = [] if args.frozen_vision else ["--train-projector", "--train-vision-tower"]
+        extra = ["--train-projector", "--train-vision-tower"] if args.unfreeze_vision else []
         lift("critic", "train", "--data", str(train / "rated.json"), "--videos", str(train / "videos"),
              "--base", str(base), "--out", str(critic), "--max-steps", str(args.steps),
              "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--lora-rank", str(args.lora_rank),
@@ -189,7 +188,7 @@ def main() -> int:
         "# Critic training learns (tiny Qwen2-VL critic, CPU)", "",
         f"training: {record['examples']} rated examples ({args.train_videos} videos x 3 dimensions), "
         f"{record['steps']} steps, LoRA r={record['config']['lora_rank']} on the language model"
-        + ("" if args.frozen_vision else " + vision tower and projector unfrozen")
+        + (" + vision tower and projector unfrozen" if args.unfreeze_vision else ", vision tower and projector frozen")
         + f", final loss {sum(record['losses'][-10:]) / len(record['losses'][-10:]):.3f}, {record['seconds']:.0f}s",
         f"held out: {args.test_videos} videos x 3 dimensions; chance = 50.0 per dimension", "",
         "## Accuracy on held-out videos (%)", "", *lines, "",
