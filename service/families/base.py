@@ -7,9 +7,10 @@ is tokenized right after the assistant turn starts. Engines stay architecture-ag
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from service.media import VideoFrames
+if TYPE_CHECKING:  # keep this package importable without numpy: `lift --help` loads it on client-only installs
+    from service.media import VideoFrames
 
 
 @dataclass

@@ -63,7 +63,9 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+# module scope: sync playwright keeps an event loop running in this thread until it exits, which would break
+# every asyncio test collected after this module
+@pytest.fixture(scope="module")
 def browser(chromium_path: str) -> Iterator[Any]:
     # Imported here: a missing `playwright` (test extra) is an install error and fails loudly.
     from playwright.sync_api import sync_playwright
