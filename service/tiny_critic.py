@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from service.rubric import DIMENSIONS
@@ -39,13 +40,13 @@ _CHAT_TEMPLATE = (
 FRAME_PIXELS = 224 * 224
 
 
-def _corpus(rng: random.Random):
-    # LiFT-like answers with "Good" and "Bad" but never "Normal": the tokenizer learns the first two as whole
-    # tokens and splits "Normal" into pieces, so label scoring over multi-token labels is exercised too.
+def lift_answer_corpus(rng: random.Random, words: Sequence[str] = _WORDS, answer_prefix: str = "") -> Iterator[str]:
+    """Text to train a tiny tokenizer on: LiFT-like answers with "Good" and "Bad" but never "Normal", so the
+    tokenizer learns the first two as whole tokens and splits "Normal": multi-token label scoring gets exercised."""
     for _ in range(2500):
-        words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 16)))
-        yield f"{rng.choice(['Good', 'Bad'])}. {words}."
-        yield words
+        sentence = " ".join(rng.choice(words) for _ in range(rng.randint(3, 16)))
+        yield f"{answer_prefix}{rng.choice(['Good', 'Bad'])}. {sentence}."
+        yield sentence
     for d in DIMENSIONS:
         for _ in range(30):
             yield d.question
@@ -60,7 +61,7 @@ def _build_tokenizer(seed: int):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=768, special_tokens=_SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_corpus(random.Random(seed)), trainer)
+    tok.train_from_iterator(lift_answer_corpus(random.Random(seed)), trainer)
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
         additional_special_tokens=_SPECIALS[1:], model_max_length=4096,

@@ -20,7 +20,6 @@ import json
 import random
 from pathlib import Path
 
-from service.rubric import DIMENSIONS
 
 LLM_HIDDEN = 128
 VISION_HIDDEN = 64
@@ -37,14 +36,10 @@ _WORDS = ("the a video frame shows person walking running car red blue green yel
 
 
 def _corpus(rng: random.Random):
-    # "Good" and "Bad" become whole tokens, "Normal" never appears whole: multi-token labels get exercised.
-    for _ in range(2500):
-        words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 16)))
-        yield f"ASSISTANT: {rng.choice(['Good', 'Bad'])}. {words}."
-        yield words
-    for d in DIMENSIONS:
-        for _ in range(30):
-            yield d.question
+    from service.tiny_critic import lift_answer_corpus
+
+    # vicuna_v1 answers follow "ASSISTANT:", so the answers are trained in that context
+    return lift_answer_corpus(rng, _WORDS, answer_prefix="ASSISTANT: ")
 
 
 def _tokenizer(seed: int):
