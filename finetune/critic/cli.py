@@ -86,7 +86,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         if f.type in ("bool", bool):
             p.add_argument(flag, dest=f.name, action="store_true", help=help_text)
             continue
-        kind = {"int": int, "float": float}.get(str(f.type), str)
+        kind = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
         p.add_argument(flag, dest=f.name, type=kind, default=f.default,
                        help=f"{help_text} (default: {f.default})")
 

@@ -51,6 +51,7 @@ class CriticTrainConfig:
     train_vision_tower: bool = field(default=False, metadata={"help": "unfreeze the vision tower (full weights)"})
     train_projector: bool = field(default=False, metadata={"help": "unfreeze the projector (full weights)"})
     learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW)"})
+    vision_lr: float | None = field(default=None, metadata={"help": "learning rate of the unfrozen vision tower and projector (LLaVA's mm_projector_lr; default: --lr)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_ratio: float = field(default=0.03, metadata={"help": "linear warm-up share of the steps"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the data (ignored if max_steps > 0)"})
@@ -80,6 +81,7 @@ class CriticTrainConfig:
             (self.lora_alpha > 0, "--lora-alpha must be > 0"),
             (0 <= self.lora_dropout < 1, "--lora-dropout must be in [0, 1)"),
             (self.learning_rate > 0, "--lr must be > 0"),
+            (self.vision_lr is None or self.vision_lr > 0, "--vision-lr must be > 0"),
             (self.batch_size >= 1 and self.grad_accum >= 1, "--batch-size and --grad-accum must be >= 1"),
             (self.epochs > 0 or self.max_steps > 0, "give --epochs > 0 or --max-steps > 0"),
             (self.num_frames >= 1, "--num-frames must be >= 1"),
@@ -300,7 +302,14 @@ def train_critic(cfg: CriticTrainConfig, *, examples: Sequence[RatedExample] | N
     steps_per_epoch = max(1, batches_per_epoch // cfg.grad_accum)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # Full-weight vision tower / projector next to a LoRA usually want a smaller step than the adapter.
+    extra_names = set(extra_trainables)
+    adapter_params = [p for n, p in model.named_parameters() if p.requires_grad and n not in extra_names]
+    full_params = [p for n, p in model.named_parameters() if p.requires_grad and n in extra_names]
+    groups = [{"params": adapter_params, "lr": cfg.learning_rate}]
+    if full_params:
+        groups.append({"params": full_params, "lr": cfg.vision_lr or cfg.learning_rate})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     state = _TrainState()

@@ -102,3 +102,39 @@ def test_train_refuses_bad_data_naming_every_problem(rated: dict[str, Path], tin
     code = lift(["critic", "train", "--data", str(bad), "--base", str(tmp_path / "no-model"),
                  "--out", str(tmp_path / "o"), "--max-steps", "1"])
     assert code == 2 and "not a checkpoint folder" in capsys.readouterr().err
+
+
+def test_unfrozen_vision_has_its_own_learning_rate_and_resumes(rated: dict[str, Path], tiny_critic_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """--train-vision-tower/--train-projector train `visual.*` in full at --vision-lr (LLaVA's mm_projector_lr);
+    their weights travel in checkpoints (non_lora_trainables) so a resumed run equals a straight one."""
+    unfreeze = ("--train-vision-tower", "--train-projector")
+    same_lr, small_lr = tmp_path / "same", tmp_path / "small"
+    assert _train(rated, tiny_critic_dir, same_lr, "--max-steps", "2", "--save-steps", "1", *unfreeze) == 0
+    assert _train(rated, tiny_critic_dir, small_lr, "--max-steps", "2", *unfreeze, "--vision-lr", "1e-5") == 0
+    base_w = _weights(tiny_critic_dir)
+
+    def visual_change(folder: Path) -> float:
+        w = _weights(folder)
+        return max(float((w[k] - base_w[k]).abs().max()) for k in base_w if k.startswith("visual."))
+
+    def lm_change(folder: Path) -> float:
+        w = _weights(folder)
+        return max(float((w[k] - base_w[k]).abs().max()) for k in base_w if k.startswith("model.layers."))
+
+    # Adam moves each weight by about its learning rate per step: 1e-3 vs 1e-5
+    assert visual_change(same_lr) > 1e-4
+    assert 0 < visual_change(small_lr) < visual_change(same_lr) / 20
+    # the adapter's rate is --lr either way
+    assert lm_change(small_lr) > 0.5 * lm_change(same_lr) > 0
+    ckpt = same_lr / "checkpoints" / "checkpoint-1"
+    assert (ckpt / "non_lora_trainables.safetensors").is_file()
+
+    import shutil
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(ckpt, resumed / "checkpoints" / "checkpoint-1")
+    assert _train(rated, tiny_critic_dir, resumed, "--max-steps", "2", "--resume-from", "latest", *unfreeze) == 0
+    a, b = _weights(same_lr), _weights(resumed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
