@@ -95,22 +95,32 @@ def served(model: Path, engine: str, log: Path):
             proc.wait()
 
 
+RECIPES: dict[str, tuple[str, list[str]]] = {
+    # name: (row title, extra `lift critic train` flags)
+    "lift": ("LoRA on the LM, vision frozen (LiFT's recipe)", []),
+    "unfrozen": ("LoRA on the LM + vision tower and projector", ["--train-vision-tower", "--train-projector"]),
+}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/tmp/critic_learns"))
-    ap.add_argument("--train-videos", type=int, default=96)
-    ap.add_argument("--test-videos", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--train-videos", type=int, default=384)
+    ap.add_argument("--test-videos", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--vision-lr", type=float, default=3e-4, help="for the unfrozen recipe")
     ap.add_argument("--lora-rank", type=int, default=16)
-    ap.add_argument("--unfreeze-vision", action="store_true",
-                    help="Also train the vision tower and projector (default: frozen, as LiFT).")
+    ap.add_argument("--recipes", default="lift",
+                    help=f"comma-separated, from {', '.join(RECIPES)}; the last one is also served on vLLM")
     ap.add_argument("--skip-vllm", action="store_true")
     args = ap.parse_args()
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    if not recipes or any(r not in RECIPES for r in recipes):
+        ap.error(f"--recipes: choose from {', '.join(RECIPES)}")
 
     from finetune.critic.synthetic import make_learnable_base, make_rated_dataset
-    from finetune.critic.metrics import EvalReport  # noqa: F401  (import check before long work)
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -126,35 +136,38 @@ def main() -> int:
         make_rated_dataset(test, args.test_videos, seed=2, prefix="test")
     print(f"data ready: {args.train_videos} training videos, {args.test_videos} held-out ({time.time() - t0:.0f}s)")
 
-    critic = out / "critic"
     timings: dict[str, float] = {}
-    if not (critic / "lift_training.json").is_file():
-        t = time.time()
-        extra = ["--train-projector", "--train-vision-tower"] if args.unfreeze_vision else []
-        lift("critic", "train", "--data", str(train / "rated.json"), "--videos", str(train / "videos"),
-             "--base", str(base), "--out", str(critic), "--max-steps", str(args.steps),
-             "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--lora-rank", str(args.lora_rank),
-             "--lora-alpha", str(2 * args.lora_rank), "--lora-dropout", "0", "--warmup-ratio", "0.05",
-             "--log-every", "10", "--save-steps", "50", *extra)
-        timings["train_s"] = time.time() - t
-
-    evals = {"base (transformers)": (base, "transformers", out / "eval_base"),
-             "trained (transformers)": (critic, "transformers", out / "eval_trained_tf")}
     common = ["--data", str(test / "rated.jsonl"), "--videos", str(test / "videos"), "--max-reason-tokens", "8"]
-    for name, (model, engine, folder) in evals.items():
+    evals = [("base (untrained)", base, out / "eval_base")]
+    for recipe in recipes:
+        title, flags = RECIPES[recipe]
+        critic = out / f"critic_{recipe}"
+        if recipe == "unfrozen":
+            flags = [*flags, "--vision-lr", str(args.vision_lr)]
+        if not (critic / "lift_training.json").is_file():
+            t = time.time()
+            lift("critic", "train", "--data", str(train / "rated.json"), "--videos", str(train / "videos"),
+                 "--base", str(base), "--out", str(critic), "--max-steps", str(args.steps),
+                 "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--lora-rank", str(args.lora_rank),
+                 "--lora-alpha", str(2 * args.lora_rank), "--lora-dropout", "0", "--warmup-ratio", "0.05",
+                 "--log-every", "100", "--save-steps", "500", *flags)
+            timings[f"train {recipe} s"] = time.time() - t
+        evals.append((f"{title}, transformers", critic, out / f"eval_{recipe}_tf"))
+    for name, model, folder in evals:
         if not (folder / "report.json").is_file():
             t = time.time()
-            lift("critic", "eval", *common, "--model", str(model), "--engine", engine, "--name", name,
+            lift("critic", "eval", *common, "--model", str(model), "--engine", "transformers", "--name", name,
                  "--out", str(folder))
-            timings[f"eval {name} s"] = time.time() - t
-    served_folder = out / "eval_trained_vllm_served"
+            timings[f"eval {folder.name} s"] = time.time() - t
+    served_critic = out / f"critic_{recipes[-1]}"
+    served_folder = out / f"eval_{recipes[-1]}_vllm_served"
     if not args.skip_vllm and not (served_folder / "report.json").is_file():
         t = time.time()
-        with served(critic, "vllm", out / "serve_vllm.log") as url:
+        with served(served_critic, "vllm", out / "serve_vllm.log") as url:
             timings["vllm serve start s"] = time.time() - t
             t = time.time()
-            lift("critic", "eval", *common, "--server", url, "--name", "trained (lift serve, vLLM)",
-                 "--out", str(served_folder))
+            lift("critic", "eval", *common, "--server", url,
+                 "--name", f"{RECIPES[recipes[-1]][0]}, `lift serve` on vLLM", "--out", str(served_folder))
             timings["eval served vLLM s"] = time.time() - t
 
     # ---- results ------------------------------------------------------------------------------
@@ -162,7 +175,7 @@ def main() -> int:
     from service.rubric import DIMENSION_NAMES
 
     reports = {}
-    for folder in (out / "eval_base", out / "eval_trained_tf", served_folder):
+    for folder in [f for _, _, f in evals] + [served_folder]:
         if (folder / "report.json").is_file():
             reports[folder.name] = json.loads((folder / "report.json").read_text())
     lines = ["| Critic | " + " | ".join(DIMENSION_TITLES[d] for d in DIMENSION_NAMES) + " | Average |",
@@ -179,27 +192,36 @@ def main() -> int:
             cells.append(" / ".join("-" if x[k] is None else f"{x[k]:.3f}" for k in ("spearman", "auc")))
         agree.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     parity = ""
-    if "eval_trained_tf" in reports and served_folder.name in reports:
-        a = [json.loads(s) for s in (out / "eval_trained_tf" / "judgements.jsonl").read_text().splitlines()]
+    tf_folder = out / f"eval_{recipes[-1]}_tf"
+    if tf_folder.name in reports and served_folder.name in reports:
+        a = [json.loads(s) for s in (tf_folder / "judgements.jsonl").read_text().splitlines()]
         b = [json.loads(s) for s in (served_folder / "judgements.jsonl").read_text().splitlines()]
         same = sum(x["predicted"] == y["predicted"] for x, y in zip(a, b, strict=True))
         diff = max(abs(x["expected_score"] - y["expected_score"]) for x, y in zip(a, b, strict=True))
         parity = (f"transformers engine vs `lift serve` on vLLM, same {len(a)} held-out judgements: "
                   f"{same}/{len(a)} identical labels, max |expected_score difference| {diff:.2e}")
-    record = json.loads((critic / "lift_training.json").read_text())
+    training = {}
+    train_lines = []
+    for recipe in recipes:
+        record = json.loads((out / f"critic_{recipe}" / "lift_training.json").read_text())
+        training[recipe] = record
+        last = record["losses"][-50:]
+        train_lines.append(f"- {RECIPES[recipe][0]}: {record['steps']} steps of batch {args.batch_size}, "
+                           f"{record['trainable_parameters']:,} trained parameters, final loss "
+                           f"{sum(last) / len(last):.4f}, {record['seconds']:.0f}s")
     text = "\n".join([
         "# Critic training learns (tiny Qwen2-VL critic, CPU)", "",
-        f"training: {record['examples']} rated examples ({args.train_videos} videos x 3 dimensions), "
-        f"{record['steps']} steps, LoRA r={record['config']['lora_rank']} on the language model"
-        + (" + vision tower and projector unfrozen" if args.unfreeze_vision else ", vision tower and projector frozen")
-        + f", final loss {sum(record['losses'][-10:]) / len(record['losses'][-10:]):.3f}, {record['seconds']:.0f}s",
+        f"training: {training[recipes[-1]]['examples']} rated examples ({args.train_videos} videos x 3 dimensions),"
+        f" LoRA r={args.lora_rank} alpha={2 * args.lora_rank} at lr {args.lr:g}"
+        + (f"; vision tower and projector at lr {args.vision_lr:g}" if "unfrozen" in recipes else ""),
+        *train_lines,
         f"held out: {args.test_videos} videos x 3 dimensions; chance = 50.0 per dimension", "",
         "## Accuracy on held-out videos (%)", "", *lines, "",
         "## Agreement of expected_score with the labels", "", *agree, "", parity, "",
         "timings: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), ""])
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps({"reports": reports, "parity": parity, "timings": timings,
-                                                  "training": record}, indent=1))
+                                                  "training": training}, indent=1))
     print(text)
     return 0
 
