@@ -171,21 +171,41 @@ def lora_target_modules(model: Any, family: str) -> list[str]:
     import torch
 
     names = [n for n, m in model.named_modules()
-             if isinstance(m, torch.nn.Linear) and _part_of(n, family) == "language_model"]
+             if isinstance(m, torch.nn.Linear) and _part_of(n, family) == "language_model"
+             and not n.endswith("lm_head")]
     if not names:
         raise ModelLoadError(f"no language-model Linear layers found for family {family!r}")
     return names
 
 
 def load_base_model(base: Path, family: str, dtype: str) -> Any:
+    """The base critic as a trainable torch module: transformers' own class for qwen2_vl, the project's
+    VILA-1.5 reference (the same code the transformers engine serves) for vila."""
+    if family == "vila":
+        from service.families.vila.reference import load_reference
+
+        return load_reference(base, dtype=_dtype(dtype))
+    if family != "qwen2_vl":
+        raise ModelLoadError(f"critic training supports the qwen2_vl and vila families, not {family!r}")
     from transformers import AutoModelForImageTextToText
 
-    if family != "qwen2_vl":
-        raise ModelLoadError(f"critic training supports the qwen2_vl family; {family!r} is not wired in yet")
     try:
         return AutoModelForImageTextToText.from_pretrained(base, dtype=_dtype(dtype))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load base critic {base}: {exc}") from None
+
+
+def answer_loss(logits: Any, labels: Any) -> Any:
+    """Mean next-token cross-entropy over the answer tokens (labels != IGNORE_INDEX), as transformers'
+    causal-LM loss computes it; done here so every family trains alike, with or without a built-in loss."""
+    import torch
+
+    from finetune.critic.features import IGNORE_INDEX
+
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:].to(shift_logits.device)
+    return torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                                             shift_labels.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 def prepare_trainable(model: Any, cfg: CriticTrainConfig, family: str) -> tuple[Any, list[str]]:
@@ -241,8 +261,16 @@ def _save_merged(peft_model: Any, family_obj: Any, cfg: CriticTrainConfig, base_
     dtype = base_dtype if cfg.save_dtype == "base" else _dtype(cfg.save_dtype)
     model = model.to(dtype)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(cfg.out, safe_serialization=True)
-    family_obj.processor.save_pretrained(cfg.out)
+    if hasattr(family_obj, "processor"):
+        model.save_pretrained(cfg.out, safe_serialization=True)
+        family_obj.processor.save_pretrained(cfg.out)
+    else:
+        # VILA: the converted layout is the reference's own state dict; config, tokenizer and image
+        # processor are the base's files, unchanged (copied below)
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(cfg.out / "model.safetensors"), metadata={"format": "pt"})
     _copy_side_files(cfg.base, cfg.out)
 
 
@@ -366,7 +394,8 @@ def train_critic(cfg: CriticTrainConfig, *, examples: Sequence[RatedExample] | N
             if state.batches_in_epoch else loader
         for batch in epoch_loader:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                labels = batch.pop("labels")
+                loss = answer_loss(model(**batch).logits, labels)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
