@@ -31,12 +31,8 @@ semantics and motion but loses fidelity (the trained tower becomes blind to pixe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,6 +45,7 @@ ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPA
        # engines, not about rounding
        "LIFT_DTYPE": "float32"}
 os.environ.update(ENV)
+from benchmarks.lift_servers import lift_serve  # noqa: E402
 
 
 def lift(*args: str) -> None:
@@ -59,45 +56,6 @@ def lift(*args: str) -> None:
     print(f"[lift {' '.join(args[:2])}] exit {code} in {time.time() - t:.0f}s", flush=True)
     if code != 0:
         raise SystemExit(code)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def served(model: Path, engine: str, log: Path):
-    """`lift serve --model MODEL --engine ENGINE` in its own process group; stopped on exit."""
-    import httpx
-
-    port = free_port()
-    cmd = [sys.executable, "-m", "clients.cli", "serve", "--model", str(model), "--engine", engine,
-           "--host", "127.0.0.1", "--port", str(port)]
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **ENV}, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 600
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"lift serve exited {proc.returncode}: {log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                    break
-            if time.time() > deadline:
-                raise TimeoutError("lift serve not ready")
-            time.sleep(1)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 RECIPES: dict[str, tuple[str, list[str]]] = {
@@ -168,7 +126,7 @@ def main() -> int:
     served_folder = out / f"eval_{recipes[-1]}_vllm_served"
     if not args.skip_vllm and not (served_folder / "report.json").is_file():
         t = time.time()
-        with served(served_critic, "vllm", out / "serve_vllm.log") as url:
+        with lift_serve(served_critic, engine="vllm", log_dir=out, env=ENV) as (url,):
             timings["vllm serve start s"] = time.time() - t
             t = time.time()
             lift("critic", "eval", *common, "--server", url,

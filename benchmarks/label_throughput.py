@@ -16,70 +16,22 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks.lift_servers import lift_serve  # noqa: E402
+
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1",
        "TOKENIZERS_PARALLELISM": "false"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def replicas(model: Path, n: int, engine: str, bind: bool, log_dir: Path) -> Iterator[list[str]]:
-    procs, urls = [], []
-    ncpu = os.cpu_count() or 1
-    try:
-        for i in range(n):
-            port = free_port()
-            env = {**os.environ, **ENV}
-            if bind and ncpu >= n:
-                env["VLLM_CPU_OMP_THREADS_BIND"] = str(i % ncpu)
-            log = open(log_dir / f"replica{i}.log", "wb")
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "clients.cli", "serve", "--model", str(model), "--engine", engine,
-                 "--host", "127.0.0.1", "--port", str(port)],
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-            urls.append(f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 600
-        for url, proc in zip(urls, procs):
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"replica {url} exited; see {log_dir}")
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{url} not ready")
-                time.sleep(0.5)
-        yield urls
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait(timeout=30)
 
 
 def make_videos(root: Path, n: int) -> list[tuple[Path, str]]:
@@ -143,7 +95,8 @@ def main() -> int:
         extra = ["--max-reason-tokens", str(args.max_reason_tokens)] if args.max_reason_tokens else []
         rows: list[tuple[str, int, int, float]] = []
         load_before = os.getloadavg()[0]
-        with replicas(model, 2, args.engine, not args.no_bind, tmp) as urls:
+        with lift_serve(model, engine=args.engine, log_dir=tmp, replicas=2, env=ENV,
+                        bind_cores=not args.no_bind) as urls:
             # Warm both replicas (first requests compile/allocate) so no run pays for it.
             naive(urls[0], items[:2], options)
             naive(urls[1], items[:2], options)

@@ -1,0 +1,69 @@
+"""`lift serve` replicas as subprocesses for benchmarks: start, wait for /ready, stop (SIGTERM, then SIGKILL)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def lift_serve(model: Path, *, engine: str, log_dir: Path, replicas: int = 1, env: Mapping[str, str] | None = None,
+               bind_cores: bool = False, ready_timeout_s: float = 600) -> Iterator[list[str]]:
+    """Start `replicas` servers of `model` (logs in log_dir/replica{i}.log) and yield their base URLs once all
+    are ready. bind_cores pins replica i's vLLM workers to core i (VLLM_CPU_OMP_THREADS_BIND) when there are
+    enough cores, so replicas on a small CPU do not fight over the same one."""
+    import httpx
+
+    procs: list[subprocess.Popen[bytes]] = []
+    urls: list[str] = []
+    ncpu = os.cpu_count() or 1
+    try:
+        for i in range(replicas):
+            port = free_port()
+            proc_env = {**os.environ, **(env or {})}
+            if bind_cores and ncpu >= replicas:
+                proc_env["VLLM_CPU_OMP_THREADS_BIND"] = str(i % ncpu)
+            with open(log_dir / f"replica{i}.log", "wb") as log:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "clients.cli", "serve", "--model", str(model), "--engine", engine,
+                     "--host", "127.0.0.1", "--port", str(port)],
+                    cwd=REPO, env=proc_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            urls.append(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + ready_timeout_s
+        for i, (url, proc) in enumerate(zip(urls, procs)):
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"lift serve {url} exited {proc.returncode}; see {log_dir / f'replica{i}.log'}")
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{url} not ready after {ready_timeout_s:.0f}s")
+                time.sleep(0.5)
+        yield urls
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=30)
