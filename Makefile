@@ -1,7 +1,6 @@
 # Quick start: `make demo` (install if needed, then serve the tiny demo critic) and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export VLLM_CPU_KVCACHE_SPACE ?= 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export VLLM_NO_USAGE_STATS := 1

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
 
 def make_videos(folder: Path, n: int) -> list[Path]:

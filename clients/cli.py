@@ -17,6 +17,8 @@ COMMAND_MODULES = ("service.cli", "clients.commands", "finetune.cli")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lift", description="LiFT reward stack: serve a video critic, score, label, fine-tune.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="engine logs (vLLM, transformers) at INFO instead of WARNING; they always go to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -32,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from clients.console import route_engine_logs
+
+    route_engine_logs(verbose=bool(getattr(args, "verbose", False)))  # before anything imports vllm
     from service.errors import LiftError
 
     try:

@@ -103,7 +103,10 @@ def score_command(args: argparse.Namespace) -> int:
     if args.model is not None and args.server:
         raise InvalidRequest("give --server or --model, not both")
     if args.model is not None:
-        resp = _score_local(args, options)
+        from .console import stdout_to_stderr
+
+        with stdout_to_stderr():  # the engine's own output must not end up in the JSON on stdout
+            resp = _score_local(args, options)
     elif servers:
         resp = _score_remote(args, servers, options)
     else:

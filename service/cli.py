@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+FATAL_DRAIN_S = 5.0  # after the engine is lost: how long in-flight requests get to receive their 503
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -103,13 +105,21 @@ def serve_command(args: argparse.Namespace) -> int:
     failed: list[BaseException] = []
 
     def on_fatal(exc: BaseException) -> None:
+        # A server without an engine is no use: stop now, with a short drain (in-flight requests already
+        # fail fast with 503), so that the supervisor (compose restart:, Kubernetes) restarts us in seconds.
         failed.append(exc)
-        server.should_exit = True  # a server without an engine is no use: exit non-zero
+        server.config.timeout_graceful_shutdown = min(settings.graceful_timeout_s, FATAL_DRAIN_S)
+        server.should_exit = True
 
     app = create_app(settings, critic, on_fatal=on_fatal)
     server = GracefulServer(uvicorn_config(app, settings))
     server.run()
     if failed:
-        print(f"lift serve: error: the engine failed to start: {failed[0]}", file=sys.stderr)
+        from service.errors import EngineDead, LiftError
+
+        exc = failed[0]
+        what = "the engine died" if isinstance(exc, EngineDead) else "the engine failed to start"
+        message = exc.message if isinstance(exc, LiftError) else f"{type(exc).__name__}: {exc}"
+        print(f"lift serve: error: {what}: {message}", file=sys.stderr, flush=True)
         return 1
     return 0

@@ -19,7 +19,7 @@ import numpy as np
 
 from service.engines import CriticEngine, CriticQuery, SamplingOptions, create_engine
 from service.engines.base import DEFAULT_MAX_REASON_TOKENS
-from service.errors import AnswerParseError, EngineNotReady, InvalidRequest
+from service.errors import AnswerParseError, EngineDead, EngineNotReady, InvalidRequest
 from service.media import MediaLimits, VideoFrames, decode_video, frames_from_array
 from service.protocol import MAX_PROMPT_CHARS, DimensionScore, ModelCard, ScoreOptions, ScoreResponse
 from service.rubric import DEFAULT_NUM_FRAMES, DIMENSIONS, LABEL_SCORES, parse_answer
@@ -50,6 +50,11 @@ class Critic:
     @property
     def ready(self) -> bool:
         return self.engine.ready
+
+    @property
+    def dead(self) -> bool:
+        """The engine started and then died (vLLM's worker killed, ...); it does not come back."""
+        return bool(getattr(self.engine, "dead", False))
 
     @property
     def family(self) -> str:
@@ -89,6 +94,8 @@ class Critic:
             raise InvalidRequest("prompt must not be empty", param="prompt")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise InvalidRequest(f"prompt is longer than {MAX_PROMPT_CHARS} characters", param="prompt")
+        if self.dead:
+            raise EngineDead("the critic engine died; start a new Critic")
         if not self.ready:
             raise EngineNotReady("the critic engine is not ready yet")
         t0 = time.perf_counter()

@@ -84,6 +84,20 @@ class EngineError(LiftError):
     code = "engine_error"
 
 
+class EngineDead(EngineError):
+    """The engine died after it started (its worker was killed, out of memory, ...): it will not come back;
+    the process exits so that its supervisor restarts it."""
+
+    code = "engine_dead"
+
+
+class EngineStartError(LiftError):
+    """The engine cannot start here: not enough memory, a bad engine setting, an engine crash at load.
+    The message names the cause and the setting to change."""
+
+    code = "engine_start_failed"
+
+
 class RequestTimeout(LiftError):
     code = "timeout"
 

@@ -49,11 +49,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if done == total or done % max(1, total // 20) == 0:
                 _say(f"scored {done}/{total} videos")
 
+        from clients.console import stdout_to_stderr
+
         engine_options = {"dtype": args.dtype} if args.dtype else {}
-        result, judgements = evaluate_model(examples, args.model, engine=args.engine, name=args.name,
-                                            concurrency=args.concurrency, num_frames=args.num_frames,
-                                            max_reason_tokens=args.max_reason_tokens, progress=progress,
-                                            **engine_options)
+        with stdout_to_stderr():  # the engine's own output stays off the report printed on stdout
+            result, judgements = evaluate_model(examples, args.model, engine=args.engine, name=args.name,
+                                                concurrency=args.concurrency, num_frames=args.num_frames,
+                                                max_reason_tokens=args.max_reason_tokens, progress=progress,
+                                                **engine_options)
     else:
         result, judgements = evaluate_server(examples, args.server, api_key=args.api_key, name=args.name,
                                              batch_size=args.batch_size, num_frames=args.num_frames,

@@ -16,8 +16,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import (
     AnswerParseError,
+    EngineDead,
     EngineError,
     EngineNotReady,
+    EngineStartError,
     ForbiddenMediaSource,
     InvalidRequest,
     InvalidVideo,
@@ -90,6 +92,8 @@ STATUS: dict[type[LiftError], int] = {
     Overloaded: 429,
     EngineNotReady: 503,
     EngineError: 503,
+    EngineDead: 503,
+    EngineStartError: 503,
     AnswerParseError: 503,
     ModelLoadError: 503,
     RequestTimeout: 504,
@@ -108,8 +112,8 @@ def retry_after_of(exc: LiftError) -> int | None:
     """Seconds for `Retry-After` on errors worth retrying (overload, engine still loading)."""
     if isinstance(exc, Overloaded):
         return max(1, math.ceil(exc.retry_after_s))
-    if isinstance(exc, EngineNotReady):
-        return 5
+    if isinstance(exc, (EngineNotReady, EngineError, EngineStartError, ModelLoadError)):
+        return 5  # another replica (or this one, restarted) may answer
     return None
 
 

@@ -125,9 +125,10 @@ def build_router(service: ScoringService) -> APIRouter:
     async def models() -> ModelList:
         return service.models()
 
-    @router.get("/health", summary="Liveness: the process answers", responses={503: _ERRORS[503]})
+    @router.get("/health", summary="Liveness: the process answers and its engine has not failed",
+                responses={503: _ERRORS[503]})
     async def health() -> Response:
-        if service.load_error is not None:  # a failed load will not heal: let the orchestrator restart us
+        if not service.alive:  # a failed load or a dead engine will not heal: let the orchestrator restart us
             return error_response(service.readiness_error())
         return JSONResponse({"status": "ok"})
 

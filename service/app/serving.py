@@ -25,6 +25,7 @@ from service.app.metrics import ServiceMetrics
 from service.app.settings import ServiceSettings
 from service.errors import (
     AnswerParseError,
+    EngineDead,
     EngineError,
     EngineNotReady,
     LiftError,
@@ -46,6 +47,7 @@ log = logging.getLogger("lift.service")
 
 MAX_BATCH_ITEMS = 64
 _OFFLOAD_JSON_BYTES = 256 * 1024  # parse bigger bodies in a thread: keep the event loop responsive
+ENGINE_WATCH_INTERVAL_S = 0.5  # how often a started engine is checked for death (exit within 15 s asked)
 
 
 class CriticLike(Protocol):
@@ -53,6 +55,8 @@ class CriticLike(Protocol):
 
     @property
     def ready(self) -> bool: ...
+    @property
+    def dead(self) -> bool: ...
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def score(
@@ -146,7 +150,9 @@ class ScoringService:
         self._on_fatal = on_fatal
         self._started_engine = False  # stop only what we started (a shared critic stays up)
         self._start_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self.load_error: str | None = None
+        self.engine_dead: str | None = None
         self._limits = self._media_limits()
         self._parse_failures_seen = int(getattr(critic, "parse_failures", 0) or 0)
 
@@ -154,6 +160,7 @@ class ScoringService:
     async def startup(self) -> None:
         if self.critic.ready:
             self.metrics.engine_ready.set(1)
+            self._watch_task = asyncio.create_task(self._watch_engine(), name="lift-engine-watch")
             return
         self.metrics.engine_ready.set(0)
         # Load in the background: the server answers /health and /ready (503) while the engine loads.
@@ -166,7 +173,8 @@ class ScoringService:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - any load failure must surface, not hang /ready
-            self.load_error = f"{type(exc).__name__}: {exc}"
+            # our own errors already say what to change; others keep their type for the log reader
+            self.load_error = exc.message if isinstance(exc, LiftError) else f"{type(exc).__name__}: {exc}"
             log.error("engine failed to start: %s", self.load_error)
             if self._on_fatal is not None:
                 self._on_fatal(exc)
@@ -174,22 +182,42 @@ class ScoringService:
         self._started_engine = True
         self.metrics.engine_ready.set(1)
         log.info("engine ready", extra={"fields": {"load_s": round(time.perf_counter() - started, 2)}})
+        self._watch_task = asyncio.create_task(self._watch_engine(), name="lift-engine-watch")
+
+    async def _watch_engine(self) -> None:
+        """A started engine that dies (vLLM's worker killed, out of memory) never comes back: say so on
+        /health and /ready, and tell the owner (the CLI exits non-zero so that its supervisor restarts it)."""
+        while not getattr(self.critic, "dead", False):
+            await asyncio.sleep(ENGINE_WATCH_INTERVAL_S)
+        self.engine_dead = "the engine died after it started (its process exited); this replica must be restarted"
+        self.metrics.engine_ready.set(0)
+        log.error("engine died", extra={"fields": {"error": self.engine_dead}})
+        if self._on_fatal is not None:
+            self._on_fatal(EngineDead(self.engine_dead))
 
     async def shutdown(self) -> None:
         self.metrics.engine_ready.set(0)
-        if self._start_task is not None and not self._start_task.done():
-            self._start_task.cancel()
+        for task in (self._start_task, self._watch_task):
+            if task is not None and not task.done():
+                task.cancel()
         if self._started_engine:
             await self.critic.stop()
         await self.connector.aclose()
 
     @property
     def ready(self) -> bool:
-        return self.critic.ready and self.load_error is None
+        return self.critic.ready and self.load_error is None and self.engine_dead is None
+
+    @property
+    def alive(self) -> bool:
+        """False once the engine failed to load or died: neither heals, so liveness fails and we get restarted."""
+        return self.load_error is None and self.engine_dead is None
 
     def readiness_error(self) -> LiftError:
         if self.load_error is not None:
             return ModelLoadError(f"the engine failed to start: {self.load_error}")
+        if self.engine_dead is not None or getattr(self.critic, "dead", False):
+            return EngineDead(self.engine_dead or "the engine died")
         return EngineNotReady("the engine is still loading")
 
     def models(self) -> ModelList:

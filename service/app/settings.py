@@ -39,7 +39,11 @@ class ServiceSettings(BaseSettings):
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica (vLLM tensor parallel; 40B critic: 2-4).")
     max_model_len: int = Field(4096, ge=256, description="Longest prompt + answer in tokens (8 VILA frames = 1,568).")
     max_num_seqs: int = Field(64, ge=1, description="Sequences vLLM batches at once (each score is 6+ requests).")
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of GPU memory vLLM may take.")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="Share of GPU memory vLLM may take (on CPU: of the NUMA node's RAM, vLLM's "
+        "meaning). Unset: vLLM's default on GPU; on CPU the KV cache is sized for the critic's work.")
+    kv_cache_gb: float | None = Field(
+        None, gt=0, description="KV cache size in GiB, overriding both the work-based size and the fraction.")
 
     media_root: Path | None = Field(None, description="Server folder `video.path` may read from; unset = paths off.")
     max_video_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest video accepted (upload, base64, URL, path).")
@@ -86,7 +90,7 @@ class ServiceSettings(BaseSettings):
             return {"dtype": "float32" if self.dtype == "auto" else self.dtype}
         return {"dtype": self.dtype, "tensor_parallel_size": self.tensor_parallel_size,
                 "max_model_len": self.max_model_len, "max_num_seqs": self.max_num_seqs,
-                "gpu_memory_utilization": self.gpu_memory_utilization}
+                "gpu_memory_utilization": self.gpu_memory_utilization, "kv_cache_gb": self.kv_cache_gb}
 
     def public_view(self) -> dict[str, Any]:
         """What may be printed or logged: everything but the keys themselves."""

@@ -27,10 +27,11 @@ from service.engines.base import (
     clean_reason,
     select_label,
 )
-from service.errors import EngineError, EngineNotReady
+from service.engines.memory import KVCachePlan, plan_kv_cache
+from service.errors import EngineDead, EngineError, EngineNotReady, EngineStartError
 from service.families.base import CriticFamily, PromptInputs, label_prefixes, sequence_probabilities
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lift.engine")
 
 
 class VLLMEngine:
@@ -46,7 +47,8 @@ class VLLMEngine:
         max_num_seqs: int = 64,
         max_num_frames: int = 16,
         tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.85,
+        gpu_memory_utilization: float | None = None,
+        kv_cache_gb: float | None = None,
         block_size: int | None = None,
         enforce_eager: bool | None = None,
         seed: int = 0,
@@ -56,8 +58,7 @@ class VLLMEngine:
         self.family = family
         self._args = dict(
             model=self.model_dir, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-            tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-            seed=seed, enable_prefix_caching=True,
+            tensor_parallel_size=tensor_parallel_size, seed=seed, enable_prefix_caching=True,
             # sampling is decided per request here, not by the checkpoint's generation_config.json
             generation_config="vllm",
             limit_mm_per_prompt=getattr(family, "mm_limits", lambda n: {"video": 1, "image": 0})(max_num_frames),
@@ -69,13 +70,22 @@ class VLLMEngine:
             enforce_eager = _is_cpu()
         self._args["enforce_eager"] = enforce_eager
         self._args.update(extra_engine_args or {})
+        # memory is decided at start (service.engines.memory), from the work unless a setting says otherwise
+        self._kv_cache_gb = kv_cache_gb
+        self._gpu_memory_utilization = gpu_memory_utilization
+        self.memory_plan: KVCachePlan | None = None
         self._engine: Any = None
         self._label_ids: dict[str, list[int]] = {}
         self._prefixes: dict[tuple[int, ...], set[int]] = {}
 
     @property
     def ready(self) -> bool:
-        return self._engine is not None and not getattr(self._engine, "errored", False)
+        return self._engine is not None and not self.dead
+
+    @property
+    def dead(self) -> bool:
+        """Started, then lost (EngineCore or its worker exited): vLLM does not restart it."""
+        return self._engine is not None and bool(getattr(self._engine, "errored", False))
 
     @property
     def engine_args(self) -> dict[str, Any]:
@@ -89,9 +99,21 @@ class VLLMEngine:
 
         self._label_ids = self.family.label_token_ids()
         self._prefixes = label_prefixes(self._label_ids)
-        args = AsyncEngineArgs(**self._args)
+        self.memory_plan = plan_kv_cache(
+            self.model_dir, on_cpu=_is_cpu(), max_model_len=self._args["max_model_len"],
+            max_num_seqs=self._args["max_num_seqs"], dtype=self._args["dtype"], kv_cache_gb=self._kv_cache_gb,
+            gpu_memory_utilization=self._gpu_memory_utilization)
+        log.info("vLLM engine memory: %s", self.memory_plan.detail,
+                 extra={"fields": {"kv_cache_bytes": self.memory_plan.kv_cache_bytes, "source": self.memory_plan.source}})
+        args = AsyncEngineArgs(**{**self.memory_plan.engine_args(), **self._args})  # extra_engine_args win
         # engine construction blocks for tens of seconds (weights, KV cache, worker start): keep the loop free
-        self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        try:
+            self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        except Exception as exc:  # noqa: BLE001 - vLLM's root cause is in its worker's log; say where, in one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise EngineStartError(
+                f"the vLLM engine failed to start: {type(exc).__name__}: {first} (vLLM's log above, on stderr, "
+                f"has the cause; {self.memory_plan.detail})") from None
         log.info("vLLM engine ready: %s", self.model_dir)
 
     async def stop(self) -> None:
@@ -100,6 +122,8 @@ class VLLMEngine:
             await asyncio.to_thread(engine.shutdown)
 
     async def generate(self, query: CriticQuery) -> list[DimensionAnswer]:
+        if self.dead:
+            raise EngineDead("the vLLM engine died; this process will exit to be restarted")
         if not self.ready:
             raise EngineNotReady("the vLLM engine is not running")
         prompts = {d: self.family.vllm_prompt(query.caption, d, query.video) for d in query.dimensions}
@@ -150,6 +174,8 @@ class VLLMEngine:
             await self._engine.abort(request_id)
             raise
         except Exception as exc:  # the engine died or refused: a service-side failure, not the client's
+            if self.dead:
+                raise EngineDead(f"the vLLM engine died: {type(exc).__name__}") from exc
             raise EngineError(f"vLLM engine failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
         if final is None or not final.outputs:
             raise EngineError("vLLM engine returned no output")

@@ -12,7 +12,7 @@ LIFT = [sys.executable, "-m", "clients.cli"]
 
 
 def _lift(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([*LIFT, *args], capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=Path(__file__).parents[2])
 

@@ -13,7 +13,7 @@ import pytest
 from service.protocol import ScoreResponse
 
 REPO = Path(__file__).resolve().parents[2]
-ENV_KEYS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV_KEYS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def lift(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
