@@ -186,3 +186,30 @@ def test_killed_worker_gives_503s_health_503_and_a_nonzero_exit(tiny_critic_dir:
         assert len(results) == 16 and all(r in (200, 503) or isinstance(r, str) for r in results), results
         assert 503 in results, results
         assert "lift serve: error: the engine died" in srv.log()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_label_over_two_replicas_finishes_when_one_engine_is_killed(tiny_critic_dir: Path, video_factory,
+                                                                     tmp_path: Path) -> None:
+    videos = [video_factory(f"label_kill_{i}", colour=("red", "green", "blue")[i % 3], seed=i) for i in range(4)]
+    manifest = tmp_path / "manifest.jsonl"
+    ids = [f"item-{i:03d}" for i in range(40)]
+    manifest.write_text("".join(json.dumps({"id": i, "video": str(videos[n % 4]), "prompt": f"a square {n}"}) + "\n"
+                                for n, i in enumerate(ids)))
+    out = tmp_path / "labels.jsonl"
+    with spawn_server(tiny_critic_dir, engine="vllm", log_dir=tmp_path) as a, \
+            spawn_server(tiny_critic_dir, engine="vllm", log_dir=tmp_path) as b:
+        label = subprocess.Popen([sys.executable, "-m", "clients.cli", "label", str(manifest), "--out", str(out),
+                                  "--server", a.url, "--server", b.url, "--concurrency", "8", "--no-progress",
+                                  "--max-reason-tokens", "2"], cwd=REPO, env=user_env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 4):
+            time.sleep(0.2)
+        _kill_vllm_worker(b.proc.pid)
+        stdout, stderr = label.communicate(timeout=600)
+        assert b.proc.wait(timeout=20) != 0  # the killed replica went away on its own
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(line["id"] for line in lines) == ids, stderr[-2000:]  # exactly one line per input
+    assert label.returncode == 0 and all(line["status"] == "ok" for line in lines), (stdout, stderr[-2000:])
