@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="critic folder (default: build the tiny critic)")
     args = ap.parse_args()
 
-    from service.tiny_critic import build_tiny_critic
+    from service.tiny_critics import build_tiny_critic
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)

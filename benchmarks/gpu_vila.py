@@ -50,7 +50,7 @@ SIGLIP_SO400M_384 = dict(hidden_size=1152, intermediate_size=4304, num_hidden_la
 def make_checkpoint(root: Path, tiny: bool) -> Path:
     """Tiny: the real converter on the tiny VILA. Full: the same folder with 13B shapes and no weight files."""
     from service.families.vila.convert import convert_vila
-    from service.families.vila.tiny import build_tiny_vila
+    from service.tiny_critics.vila import build_tiny_vila
 
     critic = convert_vila(build_tiny_vila(root / "src", seed=0, with_lora=True), root / "critic",
                           root / "src" / "lora").out_dir

@@ -85,7 +85,7 @@ def main() -> int:
         tmp = Path(tmp_s)
         model = args.model
         if model is None:
-            from service.tiny_critic import build_tiny_critic
+            from service.tiny_critics import build_tiny_critic
 
             model = build_tiny_critic(tmp / "critic", family="qwen2_vl", seed=0)
         items = make_videos(tmp, args.videos)

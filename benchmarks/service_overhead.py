@@ -116,7 +116,7 @@ def main() -> int:
     from service.app.settings import ServiceSettings
     from service.critic import Critic
     from service.synthetic_videos import COLOURS, moving_square, write_video
-    from service.tiny_critic import build_tiny_critic
+    from service.tiny_critics import build_tiny_critic
 
     work = Path(tempfile.mkdtemp(prefix="lift-bench-"))
     model = args.model or build_tiny_critic(work / "critic", family="qwen2_vl", seed=0)

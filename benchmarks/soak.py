@@ -81,7 +81,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     args = ap.parse_args()
     from service.synthetic_videos import moving_square, real_world_videos, write_video
-    from service.tiny_critic import build_tiny_critic
+    from service.tiny_critics import build_tiny_critic
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

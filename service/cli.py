@@ -37,23 +37,37 @@ def register(subparsers: Any) -> None:
     t = subparsers.add_parser(
         "make-tiny-critic",
         help="build a tiny random critic checkpoint (for tests and demos; no download)",
-        description="Build a tiny random critic of the given family into DIR, offline, in seconds. "
-        "Both engines (vLLM and transformers) load it.",
+        description="Build a tiny random critic of the given family into DIR, offline, in seconds, with the real "
+        "release's tensor names and layout at tiny sizes. qwen2_vl: a checkpoint both engines load. vila: "
+        "VILA-1.5's release layout (13B-shaped with --vision siglip, 40B-shaped with --vision internvit), "
+        "for `lift convert-vila`.",
     )
     t.add_argument("dir", type=Path, help="output folder")
     t.add_argument("--family", default="qwen2_vl", choices=("qwen2_vl", "vila"), help="critic family")
+    t.add_argument("--vision", choices=("siglip", "internvit"), default=None,
+                   help="(vila) vision tower: siglip = VILA1.5-13b-shaped (default), internvit = VILA1.5-40b-shaped")
+    t.add_argument("--with-lora", action="store_true",
+                   help="(vila) also write a LoRA in LiFT-Critic's release layout into DIR/lora")
     t.add_argument("--seed", type=int, default=0, help="random seed for weights and tokenizer")
     t.set_defaults(func=make_tiny_critic_command)
-    from service.families.vila.cli import register as register_vila  # convert-vila, make-tiny-critic --with-lora
+    from service.families.vila.cli import register as register_vila  # convert-vila
 
     register_vila(subparsers)
 
 
 def make_tiny_critic_command(args: argparse.Namespace) -> int:
-    from service.tiny_critic import build_tiny_critic
+    from service.errors import InvalidRequest
+    from service.tiny_critics import build_tiny_critic
 
-    out = build_tiny_critic(args.dir, family=args.family, seed=args.seed)
+    if args.family != "vila" and (args.vision or args.with_lora):
+        raise InvalidRequest("--vision and --with-lora apply to --family vila only")
+    out = build_tiny_critic(args.dir, family=args.family, seed=args.seed, vision=args.vision,
+                            with_lora=args.with_lora)
     print(out)
+    if args.family == "vila":
+        lora = f" --lora {out / 'lora'}" if args.with_lora else ""
+        print(f"VILA-1.5 layout; to serve it: lift convert-vila --base {out}{lora} --out OUT && lift serve --model OUT",
+              file=sys.stderr)
     return 0
 
 

@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="session")
 def tiny_critic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from service.tiny_critic import build_tiny_critic
+    from service.tiny_critics import build_tiny_critic
 
     return build_tiny_critic(tmp_path_factory.mktemp("tiny-critic") / "qwen2_vl", family="qwen2_vl", seed=0)
 

@@ -160,7 +160,7 @@ def make_learnable_base(out_dir: Path | str, *, seed: int = 0, frame_pixels: int
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from service.tiny_critic import build_tiny_critic
+    from service.tiny_critics import build_tiny_critic
 
     out = build_tiny_critic(out_dir, family="qwen2_vl", seed=seed)
     proc_path = out / "processor_config.json"

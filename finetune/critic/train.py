@@ -265,11 +265,11 @@ def _save_merged(peft_model: Any, family_obj: Any, cfg: CriticTrainConfig, base_
         model.save_pretrained(cfg.out, safe_serialization=True)
         family_obj.processor.save_pretrained(cfg.out)
     else:
-        # VILA: the converted layout is the reference's own state dict; config, tokenizer and image
-        # processor are the base's files, unchanged (copied below)
+        # VILA: the converted layout (the reference maps a tower whose transformers names differ, InternViT,
+        # back to VILA's); config, tokenizer and image processor are the base's files, unchanged (copied below)
         from safetensors.torch import save_file
 
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        state = {k: v.detach().contiguous() for k, v in model.checkpoint_state_dict().items()}
         save_file(state, str(cfg.out / "model.safetensors"), metadata={"format": "pt"})
     _copy_side_files(cfg.base, cfg.out)
 

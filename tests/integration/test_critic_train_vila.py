@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 @pytest.fixture(scope="module")
 def vila_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from service.families.vila.convert import convert_vila
-    from service.families.vila.tiny import build_tiny_vila
+    from service.tiny_critics.vila import build_tiny_vila
 
     root = tmp_path_factory.mktemp("vila-train")
     src = build_tiny_vila(root / "VILA1.5-tiny", seed=1)

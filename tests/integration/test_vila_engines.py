@@ -49,7 +49,7 @@ class LoopThread:
 @pytest.fixture(scope="session")
 def vila_critic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from service.families.vila.convert import convert_vila
-    from service.families.vila.tiny import build_tiny_vila
+    from service.tiny_critics.vila import build_tiny_vila
 
     root = tmp_path_factory.mktemp("vila-critic")
     src = build_tiny_vila(root / "VILA1.5-tiny", seed=0, with_lora=True)

@@ -3,7 +3,7 @@
 import hashlib
 
 from service.families import detect_family, load_family
-from service.tiny_critic import build_tiny_critic
+from service.tiny_critics import build_tiny_critic
 
 
 def _digest(folder):

@@ -20,7 +20,7 @@ from service.rubric import DIMENSIONS, LABELS
 @pytest.fixture(scope="module")
 def vila_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from service.families.vila.convert import convert_vila
-    from service.families.vila.tiny import build_tiny_vila
+    from service.tiny_critics.vila import build_tiny_vila
 
     root = tmp_path_factory.mktemp("vila-family")
     src = build_tiny_vila(root / "src", seed=1, with_lora=True)

@@ -1,4 +1,4 @@
-"""`lift convert-vila` (and `--with-lora` for `lift make-tiny-critic --family vila`).
+"""`lift convert-vila`.
 
 Imports nothing heavy at module level: `lift --help` must stay fast and torch-free.
 """
@@ -25,16 +25,9 @@ def register(subparsers: Any) -> None:
     c.add_argument("--lora", type=Path, default=None, metavar="LORA_DIR", help="LiFT-Critic LoRA release folder")
     c.add_argument("--out", type=Path, required=True, metavar="DIR", help="output checkpoint folder")
     c.add_argument("--chat-template", choices=("vicuna_v1", "hermes-2"), default=None,
-                   help="conversation template (default: from the checkpoint: hermes-2 for 40B, else vicuna_v1)")
+                   help="override the conversation template (by default it is chosen from the checkpoint: hermes-2 "
+                   "for a ChatML tokenizer or an InternViT tower, as VILA1.5-40b, else vicuna_v1)")
     c.set_defaults(func=convert_command)
-
-    # `make-tiny-critic --family vila --with-lora`: extend the lead's subcommand rather than duplicate it.
-    tiny = getattr(subparsers, "choices", {}).get("make-tiny-critic")
-    if tiny is not None:
-        tiny.add_argument("--with-lora", action="store_true",
-                          help="(vila) also write a LoRA in LiFT-Critic's release layout into DIR/lora")
-        fallback = tiny.get_default("func")
-        tiny.set_defaults(func=lambda args: _make_tiny_command(args, fallback))
 
 
 def convert_command(args: argparse.Namespace) -> int:
@@ -43,20 +36,4 @@ def convert_command(args: argparse.Namespace) -> int:
     report = convert_vila(args.base, args.out, args.lora, chat_template=args.chat_template,
                           progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(report.out_dir)
-    return 0
-
-
-def _make_tiny_command(args: argparse.Namespace, fallback: Any) -> int:
-    if getattr(args, "family", None) != "vila":
-        if getattr(args, "with_lora", False):
-            print("lift make-tiny-critic: --with-lora applies to --family vila only", file=sys.stderr)
-            return 2
-        return int(fallback(args) or 0)
-    from service.families.vila.tiny import build_tiny_vila
-
-    out = build_tiny_vila(args.dir, seed=args.seed, with_lora=args.with_lora)
-    print(out)
-    lora = f" --lora {out / 'lora'}" if args.with_lora else ""
-    print(f"VILA-1.5 layout; to serve it: lift convert-vila --base {out}{lora} --out OUT && lift serve --model OUT",
-          file=sys.stderr)
     return 0

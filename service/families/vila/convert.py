@@ -3,14 +3,19 @@
 Input: VILA's layout, `BASE/{config.json, llm/, vision_tower/, mm_projector/}`, and optionally LiFT's LoRA
 release `LORA/{adapter_config.json, adapter_model.safetensors, non_lora_trainables.bin}`.
 Output (`OUT`):
-  config.json        a LlavaConfig (SigLIP vision_config, Llama text_config) with architectures
-                     [LiftVilaForConditionalGeneration], lift_family "vila", the chat template, the real
-                     vocabulary size and the projector type; written last, so a half-written folder is never
-                     mistaken for a model
-  model-*.safetensors tensors named llm.* / vision_tower.vision_model.* / mm_projector.layers.*, one output
-                     shard per input shard: peak memory is about one source shard (a 13B is 26 GB in fp16,
-                     more than a small host's RAM)
-  tokenizer, processor  the LLM's tokenizer + `<image>`; LlavaProcessor(SigLIP image processor, tokenizer)
+  config.json        a LlavaConfig (vision_config: SigLIP's for 13B, transformers' InternVLVisionConfig for 40B;
+                     Llama text_config, Yi-34B being a Llama) with architectures [LiftVilaForConditionalGeneration],
+                     lift_family "vila", the chat template (chosen from the checkpoint: hermes-2 for the 40B's
+                     ChatML tokenizer / InternViT tower, else vicuna_v1), vision_feature_layer and
+                     vision_feature_select_strategy from VILA's mm_vision_select_layer / _feature ("cls_patch" ->
+                     "full", "patch" -> "default" = CLS dropped), the real vocabulary size and the projector type;
+                     written last, so a half-written folder is never mistaken for a model
+  model-*.safetensors tensors named llm.* / vision_tower.* / mm_projector.layers.*, VILA's names (SigLIP's
+                     under vision_tower.vision_model.*), one output shard per input shard: peak memory is about
+                     one source shard (a 13B is 26 GB in fp16, more than a small host's RAM)
+  tokenizer, processor  the LLM's tokenizer + `<image>`; LlavaProcessor(image processor, tokenizer): SigLIP's
+                     from vision_tower/, or for InternViT VILA's own preprocessing (intern_vit.py), never the
+                     tower folder's file
   generation_config.json, lift_critic.json (provenance)
 
 The LoRA is merged as W += s * B @ A with s = alpha / r (alpha / sqrt(r) for rsLoRA; peft's rank_pattern /
@@ -33,7 +38,8 @@ from typing import Any
 
 from service.errors import ModelLoadError
 from service.families.vila import (ARCHITECTURE, CHAT_TEMPLATE_KEY, FAMILY_KEY, IMAGE_TOKEN, PROJECTOR_KEY,
-                                   TEXT_VOCAB_KEY)
+                                   TEXT_VOCAB_KEY, vision_grid, vision_image_size)
+from service.families.vila import intern_vit
 from service.families.vila.prompt import CHAT_TEMPLATES, choose_template
 
 PARTS = ("llm", "vision_tower", "mm_projector")
@@ -95,16 +101,73 @@ def _iter_tensors(path: Path) -> Iterator[tuple[str, Any]]:
 def _canonical_key(key: str) -> str | None:
     """A key from a LoRA/LLaVA training dump -> `part.rest` (part in PARTS), or None if it names no part.
 
-    Training wrappers prefix names differently (peft: `base_model.model.`, DeepSpeed/LLaVA: `model.`)."""
+    Training wrappers prefix names differently (peft: `base_model.model.`, DeepSpeed/LLaVA: `model.`), and
+    VILA's whole-model names carry its tower wrapper (`vision_tower.vision_tower.X`) where the tower's own
+    files (and so the converted checkpoint) say `vision_tower.X`."""
     for prefix in ("base_model.model.", "base_model.", "model.", ""):
         if key.startswith(prefix) and key[len(prefix):].split(".", 1)[0] in PARTS:
-            return key[len(prefix):]
+            rest = key[len(prefix):]
+            if rest.startswith("vision_tower.vision_tower."):
+                rest = rest.removeprefix("vision_tower.")
+            return rest
     return None
 
 
-def _vision_key(key: str) -> str:
-    # transformers 5 saves SiglipVisionModel without the `vision_model.` prefix VILA's 4.x-era files carry.
-    return key if key.startswith("vision_model.") else f"vision_model.{key}"
+# ---- the vision tower: SigLIP (13B) or InternViT (40B) --------------------------------------------------
+@dataclass
+class VisionTower:
+    kind: str  # "siglip" | "internvit"
+    config: Any  # transformers' vision config stored in the converted config.json
+    select_strategy: str  # LLaVA's vision_feature_select_strategy: "full" (all tokens) | "default" (CLS dropped)
+    expected: dict[str, tuple[int, ...]] | None  # every tensor (tower-folder names) when checked here
+
+    def local_key(self, key: str) -> str:
+        if self.kind == "siglip":
+            # transformers 5 saves SiglipVisionModel without the `vision_model.` prefix VILA's 4.x files carry
+            return key if key.startswith("vision_model.") else f"vision_model.{key}"
+        return key
+
+    def image_processor(self, folder: Path) -> Any:
+        if self.kind == "siglip":
+            from transformers import SiglipImageProcessor
+
+            return SiglipImageProcessor.from_pretrained(str(folder))
+        from transformers import CLIPImageProcessor
+
+        side = vision_image_size(self.config)
+        # VILA's InternVisionPreprocessor: exact bicubic resize, /255, ImageNet normalisation, no crop
+        return CLIPImageProcessor(do_resize=True, size={"height": side, "width": side}, resample=3,
+                                  do_center_crop=False, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+                                  image_mean=list(intern_vit.IMAGENET_MEAN), image_std=list(intern_vit.IMAGENET_STD),
+                                  do_convert_rgb=True)
+
+
+def read_vision_tower(base: Path, top: dict[str, Any]) -> VisionTower:
+    """What VILA's VisionTower would build from these folders, or a ModelLoadError saying why not."""
+    raw = _json(base / "vision_tower" / "config.json", "vision tower config")
+    kind = raw.get("model_type")
+    # VILA's VisionTower reads the feature with getattr(args, "mm_vision_select_feature", "patch")
+    select_feature = top.get("mm_vision_select_feature", "patch")
+    if select_feature not in ("patch", "cls_patch"):
+        raise ModelLoadError(f"mm_vision_select_feature {select_feature!r}: VILA-1.5 knows 'patch' and 'cls_patch'")
+    if kind == "siglip_vision_model":
+        from transformers import SiglipVisionConfig
+
+        if select_feature != "cls_patch":
+            raise ModelLoadError(f"mm_vision_select_feature {select_feature!r} on SigLIP: only 'cls_patch' works "
+                                 "(SigLIP has no CLS token; 'patch' would drop a patch and break mlp_downsample's grid)")
+        return VisionTower("siglip", SiglipVisionConfig.from_pretrained(str(base / "vision_tower")), "full", None)
+    if kind == intern_vit.VILA_MODEL_TYPE:
+        from transformers import InternVLVisionConfig
+
+        if select_feature != "patch":
+            raise ModelLoadError(f"mm_vision_select_feature {select_feature!r} on InternViT: only 'patch' works "
+                                 "(the CLS token makes 1 + g*g tokens, which mlp_downsample cannot merge)")
+        kwargs = intern_vit.transformers_vision_config(raw)
+        config = InternVLVisionConfig(**kwargs, dtype=raw.get("torch_dtype") or raw.get("dtype") or "float32")
+        return VisionTower("internvit", config, "default", intern_vit.vila_tensor_shapes(kwargs))
+    raise ModelLoadError(f"vision tower {kind!r}: only SigLIP (VILA1.5-13b) and InternViT "
+                         f"({intern_vit.VILA_MODEL_TYPE}, VILA1.5-40b) are supported")
 
 
 # ---- the LoRA release ----------------------------------------------------------------------------------
@@ -219,8 +282,7 @@ def convert_vila(base_dir: str | Path, out_dir: str | Path, lora_dir: str | Path
     """Convert (and merge); raises ModelLoadError naming the missing or mismatched part."""
     import torch
     from safetensors.torch import save_file
-    from transformers import (AutoTokenizer, LlamaConfig, LlavaConfig, LlavaProcessor, SiglipImageProcessor,
-                              SiglipVisionConfig)
+    from transformers import AutoTokenizer, LlamaConfig, LlavaConfig, LlavaProcessor
 
     from service.families.vila.projector import num_output_tokens, projector_shapes
 
@@ -229,22 +291,21 @@ def convert_vila(base_dir: str | Path, out_dir: str | Path, lora_dir: str | Path
     if out.resolve() == base.resolve():
         raise ModelLoadError("--out must differ from --base (the converter does not convert in place)")
     top = _check_layout(base)
-    select_feature = top.get("mm_vision_select_feature", "cls_patch")
-    if select_feature != "cls_patch":
-        raise ModelLoadError(f"mm_vision_select_feature {select_feature!r}: only 'cls_patch' (all tokens) is supported")
     proj_type = _json(base / "mm_projector" / "config.json", "projector config").get("mm_projector_type")
     if proj_type != "mlp_downsample":
         raise ModelLoadError(f"projector type {proj_type!r}: only VILA-1.5's 'mlp_downsample' is supported")
-    vision_raw = _json(base / "vision_tower" / "config.json", "vision tower config")
-    if vision_raw.get("model_type") != "siglip_vision_model":
-        raise ModelLoadError(f"vision tower {vision_raw.get('model_type')!r}: only SigLIP is supported so far "
-                             "(VILA1.5-40b's InternViT is not)")
     if top.get("image_aspect_ratio", "resize") != "resize":
         raise ModelLoadError(f"image_aspect_ratio {top.get('image_aspect_ratio')!r}: only 'resize' is supported")
+    if top.get("s2"):
+        raise ModelLoadError("s2 (multi-scale) vision towers are not supported")
+    tower = read_vision_tower(base, top)
+    # VILA's VisionTower: getattr(args, "mm_vision_select_layer", -2)
+    feature_layer = int(top.get("mm_vision_select_layer", -2))
+    intern_vit.kept_layers(feature_layer, int(tower.config.num_hidden_layers))  # refuses a layer the tower lacks
     lora = LoraRelease(Path(lora_dir)) if lora_dir is not None else None
 
     text_cfg = LlamaConfig.from_pretrained(str(base / "llm"))
-    vision_cfg = SiglipVisionConfig.from_pretrained(str(base / "vision_tower"))
+    vision_cfg = tower.config
     expected_proj = projector_shapes(vision_cfg.hidden_size, text_cfg.hidden_size)
 
     tokenizer = AutoTokenizer.from_pretrained(str(base / "llm"))
@@ -266,6 +327,7 @@ def convert_vila(base_dir: str | Path, out_dir: str | Path, lora_dir: str | Path
     pending_lora = dict(lora.modules) if lora else {}
     pending_repl = dict(lora.replacements) if lora else {}
     seen_proj: set[str] = set()
+    seen_tower: set[str] = set()
     shards = [(part, f) for part in PARTS for f in _weight_files(base / part)]
     weight_map: dict[str, str] = {}
     total_bytes = 0
@@ -274,7 +336,7 @@ def convert_vila(base_dir: str | Path, out_dir: str | Path, lora_dir: str | Path
         say(f"[{n}/{len(shards)}] {part}/{path.name}")
         tensors: dict[str, Any] = {}
         for key, t in _iter_tensors(path):
-            local = _vision_key(key) if part == "vision_tower" else key
+            local = tower.local_key(key) if part == "vision_tower" else key
             full = f"{part}.{local}"
             if full in pending_repl:
                 new = pending_repl.pop(full)
@@ -291,6 +353,14 @@ def convert_vila(base_dir: str | Path, out_dir: str | Path, lora_dir: str | Path
                 except ModelLoadError as exc:
                     raise ModelLoadError(f"LoRA for {module}: {exc.message} (LoRA made for another base?)") from None
                 report.merged_lora_modules.append(module)
+            if part == "vision_tower" and tower.expected is not None:
+                if local not in tower.expected:
+                    raise ModelLoadError(f"vision_tower has an unexpected tensor {local!r} (not one of VILA's "
+                                         f"{tower.kind} tensors)")
+                if tuple(t.shape) != tower.expected[local]:
+                    raise ModelLoadError(f"vision_tower {local} has shape {tuple(t.shape)}, expected "
+                                         f"{tower.expected[local]} for its config.json")
+                seen_tower.add(local)
             if part == "mm_projector":
                 if local not in expected_proj:
                     raise ModelLoadError(f"mm_projector has an unexpected tensor {local!r}")
@@ -313,6 +383,9 @@ def convert_vila(base_dir: str | Path, out_dir: str | Path, lora_dir: str | Path
     missing_proj = sorted(set(expected_proj) - seen_proj)
     if missing_proj:
         raise ModelLoadError(f"mm_projector lacks {missing_proj}")
+    missing_tower = sorted(set(tower.expected or ()) - seen_tower)
+    if missing_tower:
+        raise ModelLoadError(f"vision_tower lacks {len(missing_tower)} tensors, e.g. {missing_tower[:3]}")
     if pending_lora:
         raise ModelLoadError(f"the LoRA targets {len(pending_lora)} weights the base does not have, e.g. "
                              f"{sorted(pending_lora)[:3]} (LoRA made for another base?)")
@@ -323,9 +396,10 @@ def convert_vila(base_dir: str | Path, out_dir: str | Path, lora_dir: str | Path
         {"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}, indent=1))
 
     tokenizer.save_pretrained(str(out))
-    image_processor = SiglipImageProcessor.from_pretrained(str(base / "vision_tower"))
-    LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=vision_cfg.patch_size,
-                   vision_feature_select_strategy="full", image_token=IMAGE_TOKEN).save_pretrained(str(out))
+    image_processor = tower.image_processor(base / "vision_tower")
+    patch_size = vision_image_size(vision_cfg) // vision_grid(vision_cfg)
+    LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+                   vision_feature_select_strategy=tower.select_strategy, image_token=IMAGE_TOKEN).save_pretrained(str(out))
     if (base / "llm" / "generation_config.json").is_file():
         shutil.copy(base / "llm" / "generation_config.json", out / "generation_config.json")
     (out / "lift_critic.json").write_text(json.dumps({
@@ -339,11 +413,11 @@ def convert_vila(base_dir: str | Path, out_dir: str | Path, lora_dir: str | Path
     dtype = text_cfg.dtype or "float16"
     config = LlavaConfig(vision_config=vision_cfg.to_dict(), text_config=text_cfg.to_dict(),
                          image_token_index=image_token_id,
-                         vision_feature_layer=int(top.get("mm_vision_select_layer", -2)),
-                         vision_feature_select_strategy="full",  # SigLIP has no CLS: cls_patch == every token
+                         vision_feature_layer=feature_layer,
+                         vision_feature_select_strategy=tower.select_strategy,
                          projector_hidden_act="gelu", multimodal_projector_bias=True,
                          tie_word_embeddings=bool(getattr(text_cfg, "tie_word_embeddings", False)),
-                         image_seq_length=num_output_tokens(vision_cfg.image_size // vision_cfg.patch_size))
+                         image_seq_length=num_output_tokens(vision_grid(vision_cfg)))
     config.architectures = [ARCHITECTURE]
     setattr(config, FAMILY_KEY, "vila")
     setattr(config, CHAT_TEMPLATE_KEY, template)
@@ -356,4 +430,4 @@ def convert_vila(base_dir: str | Path, out_dir: str | Path, lora_dir: str | Path
     return report
 
 
-__all__ = ["ConversionReport", "LoraRelease", "convert_vila", "merge_lora_weight"]
+__all__ = ["ConversionReport", "LoraRelease", "VisionTower", "convert_vila", "merge_lora_weight", "read_vision_tower"]

@@ -1,7 +1,7 @@
 """The `vila` CriticFamily: LiFT's prompt for VILA-1.5 as engine inputs.
 
 The frames go in as N images, each `<image>` followed by a newline, then caption + question, inside the
-checkpoint's chat template (vicuna_v1 for 13B, hermes-2 for 40B). Token ids are built the way VILA builds them
+checkpoint's chat template (vicuna_v1 for 13B, hermes-2 for 40B: the converter records which in config.json). Token ids are built the way VILA builds them
 (piece by piece around the images) and given to vLLM as ids, so both engines see exactly the same sequence:
 vLLM expands each `<image>` id into `tokens_per_image` slots itself; the transformers reference gets the
 expanded ids.
@@ -16,7 +16,7 @@ from typing import Any
 from service.errors import ModelLoadError
 from service.families.base import PromptInputs
 from service.families.vila import (CHAT_TEMPLATE_KEY, IMAGE_TOKEN, is_converted, is_original_layout,
-                                   read_config)
+                                   read_config, vision_grid)
 from service.families.vila.prompt import chat_template, lift_query, tokenize_with_images
 from service.media import VideoFrames
 from service.rubric import LABELS
@@ -37,11 +37,12 @@ class VilaFamily:
         try:
             vision = config["vision_config"]
             self.image_token_id = int(config["image_token_index"])
-            grid = int(vision["image_size"]) // int(vision["patch_size"])
+            grid = vision_grid(vision)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelLoadError(f"{model_dir}/config.json lacks VILA fields: {exc}") from None
         self.template = chat_template(config.get(CHAT_TEMPLATE_KEY, "vicuna_v1"))
-        self.tokens_per_image = ((grid + 1) // 2) ** 2  # projector.num_output_tokens, without importing torch
+        # projector.num_output_tokens, without importing torch (a dropped CLS does not change the grid)
+        self.tokens_per_image = ((grid + 1) // 2) ** 2
 
     # ---- tokenizer and image processor, as vLLM loads them from the same folder ----
     @cached_property

@@ -1,16 +1,21 @@
 """VILA-1.5 in transformers: the reference the vLLM model is held to, and the transformers engine's model.
 
-Written from VILA-1.5's own modules (llava/model/llava_arch.py, multimodal_encoder/siglip_encoder.py,
-multimodal_projector/base_projector.py), on transformers' SigLIP and Llama:
-  vision tower  hidden_states[mm_vision_select_layer] (-2) of SigLIP, all tokens ("cls_patch" on SigLIP:
-                it has no CLS token); post-layernorm not applied
+Written from VILA-1.5's own modules (llava/model/llava_arch.py, multimodal_encoder/{siglip,intern}_encoder.py,
+multimodal_projector/base_projector.py), on transformers' SigLIP, InternViT (its InternVL port) and Llama:
+  vision tower  hidden_states[mm_vision_select_layer] of the tower, post-layernorm never applied:
+                13B: SigLIP, layer -2, every token ("cls_patch": SigLIP has no CLS token);
+                40B: InternViT-6B, layer -1, CLS dropped ("patch"; see intern_vit.py for where VILA says so)
   projector     mlp_downsample (projector.py)
-  LLM           Llama; each image's projected tokens replace that image's run of `<image>` ids in the prompt
+  LLM           Llama (Yi-34B is a Llama); each image's projected tokens replace that image's run of
+                `<image>` ids in the prompt
 The prompt given to `forward` is already expanded (one `<image>` id per projected token, built by the family),
 so positions, the KV cache and `generate()` work as for any causal LM; VILA splices the same embeddings in
 place of one sentinel per image, which gives the same sequence.
 
-The tower is pluggable (`TOWERS`): SigLIP is implemented; InternViT-6B (VILA1.5-40b) is not yet.
+Checkpoint names are VILA's (`vision_tower.<name in VILA's vision_tower/ files>`); a tower whose transformers
+module names differ (InternViT) maps them in `checkpoint_to_module` / `module_to_checkpoint`, which
+`load_reference` and `VilaForConditionalGeneration.checkpoint_state_dict` use, so saving a trained model
+keeps the converted layout.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from transformers import GenerationMixin, LlamaForCausalLM, LlavaConfig, PreTrai
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from service.errors import ModelLoadError
-from service.families.vila import ARCHITECTURE, TEXT_VOCAB_KEY
+from service.families.vila import ARCHITECTURE, TEXT_VOCAB_KEY, vision_grid
 from service.families.vila.projector import MlpDownsampleProjector, num_output_tokens
 
 # Logit for the padding rows of the vocabulary (added so `<image>` is in-vocab): exp(-1e4) == 0 in fp32/bf16.
@@ -42,7 +47,7 @@ class SiglipTower(nn.Module):
         # has no inner `vision_model`, so checkpoint keys map 1:1 onto this wrapper's.
         self.vision_model = SiglipVisionModel(config.vision_config)
         self.select_layer = int(config.vision_feature_layer)
-        self.grid = config.vision_config.image_size // config.vision_config.patch_size
+        self.grid = vision_grid(config.vision_config)
 
     @property
     def hidden_size(self) -> int:
@@ -52,16 +57,54 @@ class SiglipTower(nn.Module):
         out = self.vision_model(pixel_values, output_hidden_states=True)
         return out.hidden_states[self.select_layer]
 
+    def checkpoint_to_module(self, name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        return [(name, tensor)]
 
-# vision_config.model_type -> tower. VILA1.5-40b's InternViT-6B-448 would go here (it needs its own
-# transformers module: it is remote code upstream); the projector and LLM do not change.
-TOWERS: dict[str, type[nn.Module]] = {"siglip_vision_model": SiglipTower}
+    def module_to_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return state
+
+
+class InternVitTower(nn.Module):
+    """VILA's InternVisionTower on transformers' InternVLVisionModel: hidden_states[select_layer] (the 40B: the
+    last layer), CLS dropped when the strategy is LLaVA's "default" (VILA's "patch")."""
+
+    def __init__(self, config: LlavaConfig) -> None:
+        super().__init__()
+        from transformers import InternVLVisionModel
+
+        self.vision_model = InternVLVisionModel(config.vision_config)
+        self.select_layer = int(config.vision_feature_layer)
+        self.drop_cls = config.vision_feature_select_strategy == "default"
+        self.grid = vision_grid(config.vision_config)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.vision_model.config.hidden_size
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.vision_model(pixel_values, output_hidden_states=True)
+        features = out.hidden_states[self.select_layer]
+        return features[:, 1:] if self.drop_cls else features
+
+    def checkpoint_to_module(self, name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        from service.families.vila.intern_vit import to_transformers
+
+        return [(f"vision_model.{n}", t) for n, t in to_transformers(name, tensor)]
+
+    def module_to_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from service.families.vila.intern_vit import from_transformers
+
+        return from_transformers({k.removeprefix("vision_model."): v for k, v in state.items()})
+
+
+# vision_config.model_type -> tower; the projector and LLM do not change.
+TOWERS: dict[str, type[nn.Module]] = {"siglip_vision_model": SiglipTower, "internvl_vision": InternVitTower}
 
 
 def build_tower(config: LlavaConfig) -> nn.Module:
     kind = config.vision_config.model_type
     if kind not in TOWERS:
-        raise ModelLoadError(f"VILA vision tower {kind!r} is not supported yet (supported: {', '.join(TOWERS)})")
+        raise ModelLoadError(f"VILA vision tower {kind!r} is not supported (supported: {', '.join(TOWERS)})")
     return TOWERS[kind](config)
 
 
@@ -90,6 +133,21 @@ class VilaForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self) -> nn.Module:
         return self.llm.get_output_embeddings()
+
+    # ---- converted-checkpoint names <-> this module's names (identical except inside some towers) ----
+    def checkpoint_to_module(self, name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        if name.startswith("vision_tower."):
+            return [(f"vision_tower.{n}", t)
+                    for n, t in self.vision_tower.checkpoint_to_module(name.removeprefix("vision_tower."), tensor)]
+        return [(name, tensor)]
+
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict under the converted checkpoint's names (what `load_reference` reads back)."""
+        state = self.state_dict()
+        tower = {k.removeprefix("vision_tower."): v for k, v in state.items() if k.startswith("vision_tower.")}
+        out = {k: v for k, v in state.items() if not k.startswith("vision_tower.")}
+        out.update({f"vision_tower.{k}": v for k, v in self.vision_tower.module_to_checkpoint(tower).items()})
+        return out
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(n, 3, H, W) -> (n, tokens_per_image, D): VILA's `encode_images`."""
@@ -160,13 +218,24 @@ def load_reference(model_dir: str | Path, dtype: torch.dtype = torch.float32,
     expected = model.state_dict()
     seen: set[str] = set()
     for f in files:
-        shard = load_file(str(f), device=str(device))
-        unknown = [k for k in shard if k not in expected]
+        shard: dict[str, torch.Tensor] = {}
+        unknown: list[str] = []
+        for key, t in load_file(str(f), device=str(device)).items():
+            try:
+                mapped = model.checkpoint_to_module(key, t)
+            except ModelLoadError:
+                unknown.append(key)
+                continue
+            for name, value in mapped:
+                if name not in expected:
+                    unknown.append(key)
+                elif tuple(value.shape) != tuple(expected[name].shape):
+                    raise ModelLoadError(f"{key}: checkpoint shape {tuple(t.shape)} does not fit the model "
+                                         f"({name} {tuple(expected[name].shape)})")
+                else:
+                    shard[name] = value
         if unknown:
             raise ModelLoadError(f"{f.name} has tensors the VILA model does not have: {unknown[:5]}")
-        for k, t in shard.items():
-            if tuple(t.shape) != tuple(expected[k].shape):
-                raise ModelLoadError(f"{k}: checkpoint shape {tuple(t.shape)} != model {tuple(expected[k].shape)}")
         model.load_state_dict(shard, strict=False)
         seen.update(shard)
         del shard
@@ -176,5 +245,5 @@ def load_reference(model_dir: str | Path, dtype: torch.dtype = torch.float32,
     return model.to(dtype).eval()
 
 
-__all__ = ["ARCHITECTURE", "MASKED_LOGIT", "SiglipTower", "TOWERS", "VilaForConditionalGeneration",
+__all__ = ["ARCHITECTURE", "InternVitTower", "MASKED_LOGIT", "SiglipTower", "TOWERS", "VilaForConditionalGeneration",
            "build_tower", "load_config", "load_reference"]
