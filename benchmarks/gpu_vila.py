@@ -4,7 +4,8 @@ One call on a lent GPU machine, no download: the real shapes with random weights
   13b  Llama-2-13B + SigLIP-so400m-384, mlp_downsample, vicuna_v1: 8 frames = 8 x 196 = 1,568 image tokens
   40b  Yi-34B + InternViT-6B-448 (last layer, CLS dropped), mlp_downsample, hermes-2: 8 x 256 = 2,048 tokens
 vLLM gets them with `load_format="dummy"`, tensor parallel over as many GPUs as the weights need (`--tp`, by
-default the fewest that leave room for the KV cache; 40B is ~81 GB in bf16: one H200, two H100s); the reference is
+default the fewest that leave room for the KV cache; the 40B is 40.1 B parameters, 75 GiB in bf16: one H200, two
+H100s; the 13B 13.5 B, 25 GiB); the reference is
 built straight on one GPU with random init, and skipped (said in the table) when the weights do not fit on one.
 Each engine scores distinct random videos (3 questions each: label scoring + a 64-token guided reason, as the
 service does) at the given concurrencies; the table gives videos/s and latency p50/p95 per video.
@@ -45,14 +46,16 @@ from service.families.vila.family import VilaFamily  # noqa: E402
 from service.media import VideoFrames  # noqa: E402
 
 # VILA1.5-13b: llm/config.json (Llama-2-13B) and vision_tower/config.json (siglip-so400m-patch14-384)
+# (head_dim explicit: the tiny config carries its own 32, which would otherwise survive the update)
 LLAMA2_13B = dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                  num_key_value_heads=40, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5)
+                  num_key_value_heads=40, head_dim=128, vocab_size=32000, max_position_embeddings=4096,
+                  rms_norm_eps=1e-5)
 SIGLIP_SO400M_384 = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
                          image_size=384, patch_size=14, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
 # VILA1.5-40b: Nous-Hermes-2-Yi-34B (a Llama: GQA 56/8, rope theta 5e6) and InternViT-6B-448px, in the converted
 # checkpoint's terms (transformers' InternVLVisionConfig keys)
 YI_34B = dict(hidden_size=7168, intermediate_size=20480, num_hidden_layers=60, num_attention_heads=56,
-              num_key_value_heads=8, vocab_size=64000, max_position_embeddings=4096, rms_norm_eps=1e-5,
+              num_key_value_heads=8, head_dim=128, vocab_size=64000, max_position_embeddings=4096, rms_norm_eps=1e-5,
               rope_parameters={"rope_type": "default", "rope_theta": 5000000.0})
 INTERNVIT_6B_448 = dict(hidden_size=3200, intermediate_size=12800, num_hidden_layers=45, num_attention_heads=25,
                         image_size=[448, 448], patch_size=[14, 14], use_qk_norm=True, attention_bias=False,
@@ -197,7 +200,7 @@ def main() -> int:
         return 2
     gpu = torch.cuda.is_available()
     if not gpu and not args.tiny:
-        print("real shapes need a GPU (the 40B is ~81 GB in bf16); use --tiny on a CPU", file=sys.stderr)
+        print("real shapes need a GPU (the 40B is 75 GiB in bf16); use --tiny on a CPU", file=sys.stderr)
         return 2
     shape = SHAPES[args.size]
     device = "cuda" if gpu else "cpu"
