@@ -4,9 +4,9 @@ One call on a lent GPU machine, no download: the real shapes with random weights
   13b  Llama-2-13B + SigLIP-so400m-384, mlp_downsample, vicuna_v1: 8 frames = 8 x 196 = 1,568 image tokens
   40b  Yi-34B + InternViT-6B-448 (last layer, CLS dropped), mlp_downsample, hermes-2: 8 x 256 = 2,048 tokens
 vLLM gets them with `load_format="dummy"`, tensor parallel over as many GPUs as the weights need (`--tp`, by
-default the fewest that leave room for the KV cache; the 40B is 40.1 B parameters, 75 GiB in bf16: one H200, two
-H100s; the 13B 13.5 B, 25 GiB); the reference is
-built straight on one GPU with random init, and skipped (said in the table) when the weights do not fit on one.
+default the fewest that leave room for the KV cache; the 40B is 40.1 B parameters, 75 GiB in bf16: one H200 or
+two H100s; the 13B 13.5 B, 25 GiB). The reference is built straight on one GPU with random init, and skipped
+(said under the table) when the weights do not fit on one.
 Each engine scores distinct random videos (3 questions each: label scoring + a 64-token guided reason, as the
 service does) at the given concurrencies; the table gives videos/s and latency p50/p95 per video.
 
