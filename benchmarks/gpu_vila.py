@@ -240,7 +240,8 @@ def main() -> int:
     engine = VLLMEngine(model_dir, VilaFamily(model_dir), dtype=dtype, max_model_len=4096,
                         max_num_seqs=args.max_num_seqs or (64 if args.tiny else 256), max_num_frames=8,
                         tensor_parallel_size=tp, extra_engine_args=extra)
-    results["runs"].append(asyncio.run(run_engine("vllm", Critic(engine, model_dir), args.concurrency, per_level, 1, side)))
+    vllm_critic = Critic(engine, model_dir)
+    results["runs"].append(asyncio.run(run_engine("vllm", vllm_critic, args.concurrency, per_level, 1, side)))
 
     print(f"\n{results['model']} on {results['device']} ({dtype}, tensor parallel {tp})")
     print("| engine | start s | concurrency | videos | videos/s | p50 s | p95 s |")

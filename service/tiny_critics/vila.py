@@ -52,7 +52,8 @@ def _tokenizer(seed: int, vision: str):
     chatml = vision == "internvit"
     specials = _CHATML_SPECIALS if chatml else ["<unk>", "<s>", "</s>"]
     # answers are learnt where they are scored: after vicuna_v1's "ASSISTANT: " / hermes-2's "assistant\n"
-    corpus = lift_answer_corpus(random.Random(seed), VILA_WORDS, answer_prefix="assistant\n" if chatml else "ASSISTANT: ")
+    corpus = lift_answer_corpus(random.Random(seed), VILA_WORDS,
+                                answer_prefix="assistant\n" if chatml else "ASSISTANT: ")
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -64,7 +64,8 @@ def vila_hermes_2_prompt(user_message: str) -> str:
             if message: ret += role + message + self.sep
             else:       ret += role
     with the messages LiFT's inference appends: (roles[0], query), (roles[1], None)."""
-    system, roles, sep = "<|im_start|>system\nAnswer the questions.", ("<|im_start|>user\n", "<|im_start|>assistant\n"), "<|im_end|>"
+    system = "<|im_start|>system\nAnswer the questions."
+    roles, sep = ("<|im_start|>user\n", "<|im_start|>assistant\n"), "<|im_end|>"
     ret = system + sep
     for role, message in [(roles[0], user_message), (roles[1], None)]:
         ret += role + message + sep if message else role

@@ -399,7 +399,8 @@ def convert_vila(base_dir: str | Path, out_dir: str | Path, lora_dir: str | Path
     image_processor = tower.image_processor(base / "vision_tower")
     patch_size = vision_image_size(vision_cfg) // vision_grid(vision_cfg)
     LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
-                   vision_feature_select_strategy=tower.select_strategy, image_token=IMAGE_TOKEN).save_pretrained(str(out))
+                   vision_feature_select_strategy=tower.select_strategy,
+                   image_token=IMAGE_TOKEN).save_pretrained(str(out))
     if (base / "llm" / "generation_config.json").is_file():
         shutil.copy(base / "llm" / "generation_config.json", out / "generation_config.json")
     (out / "lift_critic.json").write_text(json.dumps({

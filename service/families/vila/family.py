@@ -1,7 +1,8 @@
 """The `vila` CriticFamily: LiFT's prompt for VILA-1.5 as engine inputs.
 
 The frames go in as N images, each `<image>` followed by a newline, then caption + question, inside the
-checkpoint's chat template (vicuna_v1 for 13B, hermes-2 for 40B: the converter records which in config.json). Token ids are built the way VILA builds them
+checkpoint's chat template (vicuna_v1 for 13B, hermes-2 for 40B: the converter records which in config.json).
+Token ids are built the way VILA builds them
 (piece by piece around the images) and given to vLLM as ids, so both engines see exactly the same sequence:
 vLLM expands each `<image>` id into `tokens_per_image` slots itself; the transformers reference gets the
 expanded ids.

@@ -75,7 +75,8 @@ def transformers_vision_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     if hidden % heads:
         raise ModelLoadError(f"InternViT width {hidden} is not divisible by its {heads} heads")
     if cfg["image_size"] % cfg["patch_size"]:
-        raise ModelLoadError(f"InternViT image_size {cfg['image_size']} is not a multiple of patch_size {cfg['patch_size']}")
+        raise ModelLoadError(f"InternViT image_size {cfg['image_size']} is not a multiple of patch_size "
+                             f"{cfg['patch_size']}")
     if cfg["use_qk_norm"] and abs(cfg["layer_norm_eps"] - QK_NORM_EPS) > 1e-12:
         raise ModelLoadError(f"InternViT layer_norm_eps {cfg['layer_norm_eps']}: only {QK_NORM_EPS} is supported "
                              "with qk_normalization (transformers' port fixes the q/k norm's eps)")

@@ -74,10 +74,11 @@ class VilaProcessingInfo(LlavaProcessingInfo):
 def intern_vit_config(vision_config) -> PretrainedConfig:
     """transformers' InternVLVisionConfig (what the converted config.json stores) -> the attribute names of
     InternViT's own config, which vLLM's InternVisionModel reads."""
+    side, grid = vision_image_size(vision_config), vision_grid(vision_config)
     return PretrainedConfig(
         hidden_size=vision_config.hidden_size, intermediate_size=vision_config.intermediate_size,
         num_attention_heads=vision_config.num_attention_heads, num_hidden_layers=vision_config.num_hidden_layers,
-        image_size=vision_image_size(vision_config), patch_size=vision_image_size(vision_config) // vision_grid(vision_config),
+        image_size=side, patch_size=side // grid,
         num_channels=vision_config.num_channels, qkv_bias=vision_config.attention_bias,
         qk_normalization=vision_config.use_qk_norm, norm_type=vision_config.norm_type,
         layer_norm_eps=vision_config.layer_norm_eps, hidden_act=vision_config.hidden_act,
@@ -109,8 +110,9 @@ class LiftVilaForConditionalGeneration(LlavaForConditionalGeneration):
         "mm_projector.layers.1.": "multi_modal_projector.layer_norm.",
         "mm_projector.layers.2.": "multi_modal_projector.linear_1.",
         "mm_projector.layers.4.": "multi_modal_projector.linear_2.",
-        # vision_tower.vision_model.* already matches vLLM's SiglipVisionModel; its unused top layer,
-        # post-layernorm and head are skipped by the loader.
+        # vision_tower.* already matches vLLM's towers: SigLIP's vision_model.* (its unused top layer,
+        # post-layernorm and head are skipped by its loader), InternViT's embeddings.* / encoder.layers.*
+        # (VILA's names; the fused qkv loads as is; blocks above the selected layer are dropped in load_weights)
     })
     # LiFT's LoRA is merged offline by the converter; serving-time LoRA on tower/connector is not offered.
     supports_tower_connector_lora = False
