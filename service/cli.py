@@ -90,7 +90,7 @@ def ensure_demo_critic(folder: Path) -> Path:
     """Build the demo critic once; later starts reuse it."""
     if (folder / "config.json").is_file():
         return folder
-    from service.tiny_critic import build_tiny_critic
+    from service.tiny_critics import build_tiny_critic
 
     print(f"lift serve: building the demo critic into {folder} (once)", file=sys.stderr)
     folder.parent.mkdir(parents=True, exist_ok=True)
