@@ -76,7 +76,7 @@ COPY scripts/torchvision_cpu_stub.sh ./scripts/
 # only). PyPI's torchvision also links the CUDA runtime (libcudart, whose constructors register its kernels at
 # import): the stub path puts NVIDIA's own small runtime wheel (2 MB, no GPU needed to load it) next to torch's
 # libraries, as a host with a CUDA toolkit would have it. Which way was taken is printed and kept in
-# /opt/venv/lift-torchvision.
+# /opt/venv/lift-torchvision. torch's C++ headers and test binaries (145 MB) go: nothing compiles at run time.
 # hadolint ignore=DL3008,DL3013
 RUN if [ -n "$TORCH_CPU_INDEX_URL" ]; then export PIP_EXTRA_INDEX_URL="$TORCH_CPU_INDEX_URL"; fi; \
     if [ -n "$TORCH_FIND_LINKS" ]; then export PIP_FIND_LINKS="$TORCH_FIND_LINKS"; fi; \
@@ -101,6 +101,8 @@ RUN if [ -n "$TORCH_CPU_INDEX_URL" ]; then export PIP_EXTRA_INDEX_URL="$TORCH_CP
         && tv="no CPU torchvision wheel reachable: PyPI's torchvision with stubbed CUDA libraries (workaround)"; \
     fi \
     && [ -n "$tv" ] && echo "lift image: $tv" | tee /opt/venv/lift-torchvision \
+    && sp=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
+    && rm -rf "$sp/torch/include" "$sp/torch/test" \
     && python -c "import torch, torchvision, vllm, decord, service, clients; print('lift image: torch', torch.__version__, 'vllm', vllm.__version__)"
 
 FROM ${CPU_BASE_IMAGE} AS runtime-cpu
@@ -115,8 +117,12 @@ RUN for f in /etc/apt/sources.list /etc/apt/sources.list.d/*; do \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /root/.cache
 COPY --from=build-cpu /opt/venv /opt/venv
+# vLLM's CPU sampler wraps two small ops in torch.compile even when the engine runs eager (logprob ranks, top-k/
+# top-p); inductor then needs a C++ compiler at request time ("InvalidCxxCompiler: No working C++ compiler").
+# This image has none (about 250 MB, and a writable cache): TorchDynamo off runs those ops as plain PyTorch.
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
+    TORCHDYNAMO_DISABLE=1 \
     LIFT_DEMO=1
 
 # ---------------------------------------------------------------------------------------------------------

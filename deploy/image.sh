@@ -63,7 +63,9 @@ image_exists() {  # tool image
 
 image_size_bytes() {  # tool image
     if [ "$1" = docker ]; then docker image inspect --format '{{.Size}}' "$2"
-    else bh images --json "$2" | python3 -c "import json, sys; print(json.load(sys.stdin)[0]['size'])"
+    else  # buildah prints sizes for people ("2.87 GB", decimal units): back to bytes
+        bh images --json "$2" | python3 -c "import json, sys; n, u = json.load(sys.stdin)[0]['size'].split(); \
+print(int(float(n) * 1000 ** ['B', 'KB', 'MB', 'GB', 'TB'].index(u)))"
     fi
 }
 

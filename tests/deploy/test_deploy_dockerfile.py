@@ -163,6 +163,8 @@ def test_cpu_runtime_stage_carries_only_the_venv() -> None:
     assert "nvidia-" in build_runs and "xargs -r pip uninstall -y" in build_runs
     assert _env(build).get("PIP_NO_CACHE_DIR") == "1"
     assert "gcc" in build_runs  # only for the stub, only in the build stage
+    # No compiler at run time, so torch.compile (vLLM's sampler uses it even eager) must be off there.
+    assert _env(runtime)["TORCHDYNAMO_DISABLE"] == "1"
 
 
 def test_no_kv_cache_size_baked_in() -> None:
