@@ -31,21 +31,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _route_label_merge(argv: list[str]) -> list[str]:
+    """`lift [-v] label merge ...` -> the `label-merge` subcommand (see clients.commands.MERGE_COMMAND).
+    A manifest that is really named `merge` is still reachable as `./merge`."""
+    for i, tok in enumerate(argv):
+        if tok.startswith("-"):
+            continue
+        if tok == "label" and argv[i + 1 : i + 2] == ["merge"]:
+            return [*argv[:i], "label-merge", *argv[i + 2 :]]
+        break
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_route_label_merge(list(sys.argv[1:] if argv is None else argv)))
     from clients.console import route_engine_logs
 
     route_engine_logs(verbose=bool(getattr(args, "verbose", False)))  # before anything imports vllm
     from service.errors import LiftError
 
+    command = "label merge" if args.command == "label-merge" else args.command
     try:
         result = args.func(args)
     except LiftError as exc:
-        print(f"lift {args.command}: error: {exc.code}: {exc.message}", file=sys.stderr)
+        print(f"lift {command}: error: {exc.code}: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"lift {args.command}: interrupted", file=sys.stderr)
+        print(f"lift {command}: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
 

@@ -1,4 +1,4 @@
-"""`lift score` and `lift label`: the client-side subcommands of the `lift` CLI.
+"""`lift score`, `lift label` and `lift label merge`: the client-side subcommands of the `lift` CLI.
 
 Nothing heavy at import time: `lift score --server` and `lift label` run on a client-only install.
 `lift score --model DIR` scores in-process and only then imports the service (torch, vllm).
@@ -16,6 +16,8 @@ from typing import Any
 
 from service.errors import InvalidRequest, MediaNotFound
 
+from .shards import shard_arg
+
 ENV_SERVER = "LIFT_SERVER"  # comma-separated base URLs, a default for --server
 ENV_API_KEY = "LIFT_API_KEY"
 
@@ -23,6 +25,7 @@ ENV_API_KEY = "LIFT_API_KEY"
 def register(subparsers: Any) -> None:
     _register_score(subparsers)
     _register_label(subparsers)
+    _register_label_merge(subparsers)
 
 
 # ---- shared options ---------------------------------------------------------------------------
@@ -166,7 +169,12 @@ Output: one JSON line per id, appended as results arrive ({"id", "video", "promp
 "reward", "expected_reward", "dimensions", ...} or {"status": "error", "error": {code, message}}).
 Re-running the same command resumes: done ids are skipped, a torn last line (killed run) is redone.
 --retry-errors redoes the error lines. --format parquet keeps the JSONL journal at OUT.journal.jsonl
-(it is what resumes) and writes OUT as Parquet at the end.""",
+(it is what resumes) and writes OUT as Parquet at the end.
+
+Many machines: --shard K/N labels only the items whose id hashes to K of N (sha256 of the id, so every
+process computes the same split; K from 0 to N-1, e.g. $JOB_COMPLETION_INDEX), into its own --out, and
+resumes like any run. `lift label merge PART.jsonl... --out MERGED.jsonl` joins the parts afterwards
+(`lift label merge --help`).""",
         epilog="exit codes: 0 all labeled; 1 finished, some items are error lines; 2 bad arguments/input; "
         "3 stopped early because no replica was reachable (re-run to resume)",
     )
@@ -181,6 +189,11 @@ Re-running the same command resumes: done ids are skipped, a torn last line (kil
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="histograms of rewards per dimension")
     p.add_argument("--summary-json", type=Path, default=None, metavar="FILE", help="write the summary as JSON too")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--shard", type=shard_arg, default=None, metavar="K/N",
+                   help="label only shard K of N (0-based; by a hash of each item id) into this --out")
+    p.add_argument("--allow-item-errors", action="store_true",
+                   help="exit 0 when the run finished even if some items are error lines (for batch jobs "
+                        "that retry a non-zero exit: retrying cannot fix a broken video)")
     _add_score_options(p)
     p.set_defaults(func=label_command)
 
@@ -195,6 +208,7 @@ def label_command(args: argparse.Namespace) -> int:
         manifest=args.manifest, out=args.out, servers=servers, concurrency=args.concurrency,
         retry_errors=args.retry_errors, format=args.format, export_lift=args.export_lift, plot=args.plot,
         api_key=args.api_key, options=_options(args), timeout_s=args.timeout, progress=not args.no_progress,
+        shard=args.shard, allow_item_errors=args.allow_item_errors,
     )
     result = asyncio.run(label(config))
     if result.repaired_bytes:
@@ -207,3 +221,55 @@ def label_command(args: argparse.Namespace) -> int:
         print(f"lift label: stopped early: {result.aborted}\nre-run the same command to resume", file=sys.stderr)
     return result.exit_code
 
+
+
+# ---- lift label merge --------------------------------------------------------------------------
+# argparse cannot hang a subcommand under `label`, whose first argument is a manifest path, so
+# `clients.cli` sends `lift label merge ...` here (MERGE_COMMAND) before parsing.
+MERGE_COMMAND = "label-merge"
+
+
+def _register_label_merge(sub: Any) -> None:
+    p = sub.add_parser(
+        MERGE_COMMAND,
+        prog="lift label merge",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""Join the labels files of `lift label --shard K/N` runs into one file with each id exactly once.
+
+Each id seen more than once: the same result twice is kept once (numbers equal within --tolerance,
+request_id aside); an ok line beats an error line; two different ok results are a conflict. Conflicts are
+all reported and, by default, nothing is written (exit 3): an ambiguous labels file should not reach
+training. --on-conflict first|last keeps the line of the first|last PART given instead.
+--manifest reports the manifest's ids that no part has. A torn last line (a shard killed and not resumed)
+is skipped and reported. Error lines are kept, as lift label keeps them.
+
+stdout: one JSON report (ids, ok, errors, missing, duplicates, conflicts with examples, parts); the
+problems, one line each, go to stderr.""",
+        epilog="exit codes: 0 merged, every id ok, nothing missing; 1 merged, but some ids are error lines, "
+        "missing from every part, or a part has a torn last line; 2 bad arguments/input; 3 conflicts, "
+        "nothing written",
+    )
+    p.add_argument("parts", nargs="+", type=Path, metavar="PART.jsonl", help="labels files of the shards")
+    p.add_argument("--out", type=Path, required=True, help="the merged labels file (JSONL)")
+    p.add_argument("--manifest", type=Path, default=None, help="report the manifest's ids that no part has")
+    p.add_argument("--on-conflict", choices=("fail", "first", "last"), default="fail",
+                   help="two different results for one id: fail (default: report, write nothing, exit 3), "
+                        "or keep the first / last part's line")
+    p.add_argument("--tolerance", type=float, default=1e-6,
+                   help="numbers closer than this are equal when comparing two lines of one id (default 1e-6)")
+    p.set_defaults(func=label_merge_command)
+
+
+def label_merge_command(args: argparse.Namespace) -> int:
+    from .merge import merge
+
+    if not args.tolerance >= 0:
+        raise InvalidRequest("--tolerance must be >= 0")
+    report = merge(args.parts, args.out, manifest=args.manifest, on_conflict=args.on_conflict,
+                   tolerance=args.tolerance)
+    for line in report.problems():
+        print(f"lift label merge: {line}", file=sys.stderr)
+    print(f"lift label merge: {report.ids} ids from {len(args.parts)} parts"
+          + (f" written to {args.out}" if report.written else ", nothing written"), file=sys.stderr)
+    _print_json(report.as_dict())
+    return report.exit_code

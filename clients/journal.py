@@ -7,13 +7,18 @@ Why it loses nothing and duplicates nothing:
 - on open, a torn last line (no trailing newline, or not JSON) is cut off and its item redone;
 - a restart skips every id already in the file, and only this process appends while it runs;
 - redoing errors (`--retry-errors`) first rewrites the file without them (temp file, fsync, rename),
-  so a redone id still has exactly one line.
+  so a redone id still has exactly one line;
+- one writer at a time: `lock()` takes an exclusive `flock` on `<journal>.lock` (a file of its own, since
+  a rewrite renames the journal away from under a lock), so a second run on the same file (two shards
+  given one --out, a run started twice) stops with a clear error instead of interleaving lines.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,8 +46,40 @@ class Journal:
         self.status: dict[str, str] = {}  # id -> OK | ERROR, as on disk
         self.repaired_bytes = 0  # size of the torn tail cut off at open
         self._f: Any = None
+        self._lock_fd: int | None = None
         self._unsynced = 0
         self._last_sync = time.monotonic()
+
+    # ---- one writer ---------------------------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def lock(self) -> None:
+        """Exclusive lock for this process's run; raises InvalidRequest if another process holds it."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise InvalidRequest(
+                    f"another lift label is writing {self.path} (it holds {self.lock_path}); wait for it, or give "
+                    "this run (shard) its own --out", param="out",
+                ) from None
+            # A filesystem without locks (some network mounts): run unguarded rather than not at all.
+            print(f"lift label: warning: cannot lock {self.lock_path} ({exc.strerror}); make sure no other run "
+                  "writes this file", file=sys.stderr)
+            return
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
 
     # ---- opening ------------------------------------------------------------------------------
     def load(self) -> dict[str, str]:

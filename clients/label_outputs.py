@@ -53,6 +53,9 @@ class Summary:
     new_this_run: int = 0
     skipped_done: int = 0
     duplicates_in_manifest: int = 0
+    shard: str | None = None  # "K/N" when the run labeled one shard; total then counts that shard's items
+    manifest_total: int | None = None  # items in the whole manifest (sharded runs)
+    seconds: float = 0.0  # this run's labeling time (from the first request to the last line)
     error_codes: Counter = field(default_factory=Counter)
     reward_sum: float = 0.0
     expected_sum: float = 0.0
@@ -72,8 +75,9 @@ class Summary:
     def as_dict(self) -> dict[str, Any]:
         return {
             "total": self.total, "ok": self.ok, "errors": self.errors, "missing": self.missing,
-            "new_this_run": self.new_this_run, "skipped_done": self.skipped_done,
+            "new_this_run": self.new_this_run, "skipped_done": self.skipped_done, "seconds": round(self.seconds, 3),
             "duplicates_in_manifest": self.duplicates_in_manifest,
+            **({"shard": self.shard, "manifest_total": self.manifest_total} if self.shard else {}),
             "error_codes": dict(self.error_codes),
             "mean_reward": None if not self.ok else self.mean_reward,
             "mean_expected_reward": None if not self.ok else self.mean_expected_reward,
@@ -81,11 +85,12 @@ class Summary:
         }
 
     def format(self) -> str:
+        where = f" of shard {self.shard} ({self.manifest_total} in the manifest)" if self.shard else ""
         lines = [
-            f"labeled {self.ok} of {self.total} items: {self.errors} errors, {self.missing} not done"
+            f"labeled {self.ok} of {self.total} items{where}: {self.errors} errors, {self.missing} not done"
             f" (this run: {self.new_this_run} new, {self.skipped_done} already done"
             + (f", {self.duplicates_in_manifest} duplicate manifest lines skipped" if self.duplicates_in_manifest else "")
-            + ")",
+            + f", {self.seconds:.1f} s)",
         ]
         if self.error_codes:
             lines.append("errors by code: " + ", ".join(f"{c} {n}" for c, n in self.error_codes.most_common()))

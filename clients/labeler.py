@@ -6,12 +6,17 @@ dies). Every result is appended the moment it arrives. An item the service rejec
 broken video, ...) becomes an error line, redone later with `retry_errors`. When no replica can be
 reached at all the run stops (exit code 3) instead of writing every remaining item as an error;
 re-running the same command resumes.
+
+With `shard` (`--shard K/N`) the run owns only the manifest's items whose id hashes to K (see
+`clients.shards`); its `out` is that shard's own journal, and a journal holding another shard's ids is
+refused rather than mixed. `lift label merge` (`clients.merge`) joins the shards' files afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +30,7 @@ from .errors import ServiceUnreachable
 from .journal import ERROR, OK, Journal
 from .label_outputs import Summary, error_record, export_lift, ok_record, plot, summarize, to_parquet
 from .manifest import Manifest, ManifestItem, read_manifest
+from .shards import Shard
 from .video import PreparedVideo, prepare_video
 
 # Labeling runs for hours: be more patient with a restarting replica than an interactive call is.
@@ -46,6 +52,8 @@ class LabelConfig:
     timeout_s: float = field(default=DEFAULT_TIMEOUT.read or 120.0, metadata={"help": "Per-request read timeout."})
     progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar on stderr."})
     retry: RetryPolicy = field(default_factory=lambda: LABEL_RETRY)
+    shard: Shard | None = field(default=None, metadata={"help": "Label only this shard's items (K/N)."})
+    allow_item_errors: bool = field(default=False, metadata={"help": "Exit 0 when finished with error lines."})
 
     def __post_init__(self) -> None:
         self.manifest, self.out = Path(self.manifest), Path(self.out)
@@ -69,43 +77,71 @@ class LabelResult:
     repaired_bytes: int
 
     @property
+    allow_item_errors: bool = False
+
+    @property
     def exit_code(self) -> int:
         if self.aborted:
             return 3
-        return 1 if self.summary.errors else 0
+        return 1 if self.summary.errors and not self.allow_item_errors else 0
 
 
 async def label(config: LabelConfig) -> LabelResult:
     manifest = read_manifest(config.manifest)
     if config.format == "jsonl" and config.out.suffix == ".parquet":
         raise InvalidRequest("--out ends in .parquet: add --format parquet", param="format")
+    items = manifest.items
+    if config.shard is not None:
+        items = [it for it in items if config.shard.owns(it.id)]
     journal = Journal(config.journal_path)
-    done = journal.load()
-    if config.retry_errors:
-        journal.drop_errors()
-        done = journal.status
-    todo = [it for it in manifest.items if it.id not in done]
-    skipped = len(manifest.items) - len(todo)
-
-    journal.open()
-    aborted: str | None = None
+    journal.lock()  # before load: load may cut a torn tail that another live run is still writing
     try:
-        aborted = await _run(manifest, todo, journal, config)
-    finally:
-        journal.close()
+        done = journal.load()
+        if config.shard is not None:
+            _check_shard_journal(journal, config.shard)
+        if config.retry_errors:
+            journal.drop_errors()
+            done = journal.status
+        todo = [it for it in items if it.id not in done]
+        skipped = len(items) - len(todo)
 
-    ids = [it.id for it in manifest.items]
+        journal.open()
+        aborted: str | None = None
+        t0 = time.monotonic()
+        try:
+            aborted = await _run(manifest, todo, journal, config)
+        finally:
+            journal.close()
+        seconds = time.monotonic() - t0
+    finally:
+        journal.unlock()
+
+    ids = [it.id for it in items]
     summary = summarize(journal.path, ids)
     summary.new_this_run = sum(1 for it in todo if journal.status.get(it.id) in (OK, ERROR))
     summary.skipped_done = skipped
+    summary.seconds = seconds
     summary.duplicates_in_manifest = manifest.duplicates
+    if config.shard is not None:
+        summary.shard = str(config.shard)
+        summary.manifest_total = len(manifest.items)
     if config.format == "parquet":
         to_parquet(journal.path, config.out)
     if config.export_lift is not None:
         export_lift(journal.path, ids, config.export_lift)
     if config.plot is not None:
         plot(summary, config.plot)
-    return LabelResult(summary, aborted, journal.repaired_bytes)
+    return LabelResult(summary, aborted, journal.repaired_bytes, config.allow_item_errors)
+
+
+def _check_shard_journal(journal: Journal, shard: Shard) -> None:
+    """A shard resumes only from its own journal: ids of other shards there mean two runs share one --out."""
+    foreign = [i for i in journal.status if not shard.owns(i)]
+    if foreign:
+        raise InvalidRequest(
+            f"{journal.path} holds {len(foreign)} ids that shard {shard} does not own (e.g. {foreign[0]!r}): it "
+            "is another shard's output or an unsharded run's; give every shard its own --out", param="out",
+        )
 
 
 async def _run(manifest: Manifest, todo: list[ManifestItem], journal: Journal, config: LabelConfig) -> str | None:

@@ -50,7 +50,18 @@ DEMO: dict[str, Any] = {"demo": {"enabled": True}}
 ALL_OFF: dict[str, Any] = {"podDisruptionBudget": {"enabled": False}, "tests": {"enabled": False},
                            "serviceAccount": {"create": False}}
 
-VALUE_SETS = {"default": {}, "all-features-hpa": ALL_FEATURES, "all-features-keda": KEDA, "demo": DEMO, "all-off": ALL_OFF}
+LABEL_JOB: dict[str, Any] = {
+    "apiKeys": {"existingSecret": "lift-api-keys", "key": "keys"},
+    "imagePullSecrets": [{"name": "registry"}],
+    "labelJob": {"enabled": True, "manifest": "/data/batch7/manifest.jsonl", "shards": 3, "parallelism": 2,
+                 "concurrency": 16, "input": {"volume": {"nfs": {"server": "nfs.example.com", "path": "/videos",
+                                                                  "readOnly": True}}},
+                 "output": {"existingClaim": "lift-labels", "prefix": "batch7"}, "ttlSecondsAfterFinished": 86400,
+                 "extraArgs": ["--max-reason-tokens", 64], "tolerations": [{"key": "spot", "operator": "Exists"}]},
+}
+
+VALUE_SETS = {"default": {}, "all-features-hpa": ALL_FEATURES, "all-features-keda": KEDA, "demo": DEMO, "all-off": ALL_OFF,
+              "label-job": LABEL_JOB}
 
 
 @pytest.fixture(scope="module")
@@ -303,3 +314,77 @@ def test_autoscaling_owns_replicas(chart: helm.Chart, yaml_strict) -> None:
 
 def test_hpa_metric_is_one_the_service_exposes(check_promql) -> None:
     assert check_promql(ALL_FEATURES["autoscaling"].get("hpa", {}).get("metricName", "lift_queued_requests"), "HPA metric")
+
+
+# ---- the labeling Job (lift label --shard K/N per index) -----------------------------------------------
+
+def _label_argv(container: dict[str, Any], index: int) -> list[str]:
+    """The command line one pod runs: Kubernetes expands $(JOB_COMPLETION_INDEX) in args, nothing else."""
+    assert container["command"] == ["lift", "label"]
+    return ["label", *(a.replace("$(JOB_COMPLETION_INDEX)", str(index)) for a in container["args"])]
+
+
+def test_label_job_is_off_by_default(chart: helm.Chart, yaml_strict) -> None:
+    for name in ("default", "all-features-hpa", "demo"):
+        assert "Job" not in _kinds(_render(chart, VALUE_SETS[name], yaml_strict))
+
+
+def test_label_job_runs_one_shard_per_index_against_the_service(chart: helm.Chart, yaml_strict) -> None:
+    from clients.cli import build_parser
+    from clients.shards import Shard
+
+    objects = _render(chart, LABEL_JOB, yaml_strict)
+    job, service, deploy = _one(objects, "Job"), _one(objects, "Service"), _one(objects, "Deployment")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == 3 and spec["parallelism"] == 2
+    assert spec["ttlSecondsAfterFinished"] == 86400
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"  # podFailurePolicy needs it; a new pod of the same index resumes
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [2]
+    c = pod["containers"][0]
+    assert rules[0]["onExitCodes"]["containerName"] == c["name"]
+    assert c["image"] == "lift-reward:0.1.0-cpu"  # the client needs no GPU image
+    assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
+    assert _env(c)["LIFT_API_KEY"] == {"secretKeyRef": {"name": "lift-api-keys", "key": "keys"}}
+
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["input"]["readOnly"] is True and volumes["input"]["nfs"]["server"] == "nfs.example.com"
+    assert volumes["output"]["persistentVolumeClaim"]["claimName"] == "lift-labels"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True and pod["securityContext"]["runAsNonRoot"] is True
+
+    # Every index's command line is one the real `lift label` parser accepts, with its own shard and file.
+    parser = build_parser()
+    outs = set()
+    base = f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    for k in range(3):
+        args = parser.parse_args(_label_argv(c, k))
+        assert args.shard == Shard(k, 3)
+        assert args.server == [base] and args.concurrency == 16 and args.max_reason_tokens == 64
+        assert str(args.manifest) == "/data/batch7/manifest.jsonl" and args.allow_item_errors and args.no_progress
+        assert str(args.out).startswith(mounts["output"]["mountPath"] + "/batch7-")
+        outs.add(str(args.out))
+    assert len(outs) == 3, "two shards would share one output file"
+
+    # The labeling pods are never taken for scoring pods.
+    labels = spec["template"]["metadata"]["labels"]
+    assert not _matches(service["spec"]["selector"], labels)
+    assert not _matches(deploy["spec"]["selector"]["matchLabels"], labels)
+    assert not _matches(_one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], labels)
+
+
+def test_label_job_values_are_checked(chart: helm.Chart) -> None:
+    on = {"enabled": True, "input": {"existingClaim": "videos"}, "output": {"existingClaim": "labels"}}
+    for bad, where in (({"shards": 0}, "/labelJob/shards"), ({"concurrency": 0}, "/labelJob/concurrency"),
+                       ({"parallelism": 0}, "/labelJob/parallelism"), ({"output": {"prefix": "a/b"}}, "/labelJob/output/prefix"),
+                       ({"manifest": "manifest.jsonl"}, "/labelJob/manifest"), ({"shard": 3}, "shard"),
+                       ({"server": "scoring:8000"}, "/labelJob/server")):
+        with pytest.raises(helm.HelmValuesError, match=where):
+            chart.render({"labelJob": {**on, **bad}}, name=RELEASE, namespace=NAMESPACE)
+    for bad, message in (({"manifest": "/elsewhere/m.jsonl"}, "labelJob.manifest .* must lie under labelJob.input.mountPath"),
+                         ({"output": {"existingClaim": ""}}, "labelJob.output.existingClaim"),
+                         ({"input": {"existingClaim": ""}}, "labelJob.input.existingClaim or labelJob.input.volume"),
+                         ({"shards": 2, "parallelism": 3}, "parallelism .* must not exceed labelJob.shards")):
+        with pytest.raises(helm.HelmRenderError, match=message):
+            chart.render({"labelJob": {**on, **bad}}, name=RELEASE, namespace=NAMESPACE)
