@@ -75,9 +75,7 @@ class LabelResult:
     summary: Summary
     aborted: str | None  # why the run stopped early, None when every item has a line
     repaired_bytes: int
-
-    @property
-    allow_item_errors: bool = False
+    allow_item_errors: bool = False  # a finished run with error lines exits 0
 
     @property
     def exit_code(self) -> int:
