@@ -7,12 +7,16 @@ Nothing heavy at import time: torch, vllm and the app are imported inside the ha
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 FATAL_DRAIN_S = 5.0  # after the engine is lost: how long in-flight requests get to receive their 503
+# ... and before that, how long the server keeps answering (/health 503 with the cause, scores 503 +
+# Retry-After) so that probes and clients see why, rather than a refused connection
+FATAL_LINGER_S = 2.0
 
 
 def register(subparsers: Any) -> None:
@@ -32,6 +36,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--demo", action="store_true", default=None,
                    help="serve the tiny random demo critic, built into ~/.cache/lift-reward/demo-critic on first use")
     p.add_argument("--media-root", type=Path, default=None, help="folder video.path may read from (default: paths off)")
+    p.add_argument("--adapter", action="append", choices=("flow-factory", "cosmos-rl"), default=None, dest="adapters",
+                   help="also serve a trainer's reward route set (repeatable; or LIFT_ADAPTERS): flow-factory = "
+                   "POST /compute, cosmos-rl = POST /api/reward/enqueue + /api/reward/pull")
     p.set_defaults(func=serve_command)
 
     t = subparsers.add_parser(
@@ -49,6 +56,9 @@ def register(subparsers: Any) -> None:
     t.add_argument("--with-lora", action="store_true",
                    help="(vila) also write a LoRA in LiFT-Critic's release layout into DIR/lora")
     t.add_argument("--seed", type=int, default=0, help="random seed for weights and tokenizer")
+    t.add_argument("--preset", choices=("tiny", "realistic"), default="tiny",
+                   help="tiny: seconds to build and run (default); realistic: LiFT-Critic-13B's token proportions "
+                   "(8 frames x 196 visual tokens, LiFT's questions) on a small LLM, for benchmarks")
     t.set_defaults(func=make_tiny_critic_command)
     from service.families.vila.cli import register as register_vila  # convert-vila
 
@@ -61,8 +71,10 @@ def make_tiny_critic_command(args: argparse.Namespace) -> int:
 
     if args.family != "vila" and (args.vision or args.with_lora):
         raise InvalidRequest("--vision and --with-lora apply to --family vila only")
+    if args.preset != "tiny" and args.vision == "internvit":
+        raise InvalidRequest("--preset realistic is 13B-shaped: use --vision siglip (the default)")
     out = build_tiny_critic(args.dir, family=args.family, seed=args.seed, vision=args.vision,
-                            with_lora=args.with_lora)
+                            with_lora=args.with_lora, preset=args.preset)
     print(out)
     if args.family == "vila":
         lora = f" --lora {out / 'lora'}" if args.with_lora else ""
@@ -77,7 +89,7 @@ def _settings_from(args: argparse.Namespace) -> Any:
     from service.app.settings import ServiceSettings
     from service.errors import InvalidRequest
 
-    flags = {k: getattr(args, k) for k in ("model", "engine", "host", "port", "demo", "media_root")}
+    flags = {k: getattr(args, k, None) for k in ("model", "engine", "host", "port", "demo", "media_root", "adapters")}
     try:
         return ServiceSettings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
@@ -119,11 +131,18 @@ def serve_command(args: argparse.Namespace) -> int:
     failed: list[BaseException] = []
 
     def on_fatal(exc: BaseException) -> None:
-        # A server without an engine is no use: stop now, with a short drain (in-flight requests already
-        # fail fast with 503), so that the supervisor (compose restart:, Kubernetes) restarts us in seconds.
+        # A server without an engine is no use: stop soon, after a short linger (answering 503s that say why)
+        # and a short drain, so that the supervisor (compose restart:, Kubernetes) restarts us in seconds.
         failed.append(exc)
-        server.config.timeout_graceful_shutdown = min(settings.graceful_timeout_s, FATAL_DRAIN_S)
-        server.should_exit = True
+
+        def stop() -> None:
+            server.config.timeout_graceful_shutdown = min(settings.graceful_timeout_s, FATAL_DRAIN_S)
+            server.should_exit = True
+
+        try:
+            asyncio.get_running_loop().call_later(FATAL_LINGER_S, stop)
+        except RuntimeError:  # not called from the server's loop
+            stop()
 
     app = create_app(settings, critic, on_fatal=on_fatal)
     server = GracefulServer(uvicorn_config(app, settings))

@@ -153,6 +153,7 @@ class ScoringService:
         self._watch_task: asyncio.Task[None] | None = None
         self.load_error: str | None = None
         self.engine_dead: str | None = None
+        self._engine_lost = asyncio.Event()  # set once the engine died: in-flight scores answer 503 at once
         self._limits = self._media_limits()
         self._parse_failures_seen = int(getattr(critic, "parse_failures", 0) or 0)
 
@@ -190,6 +191,7 @@ class ScoringService:
         while not getattr(self.critic, "dead", False):
             await asyncio.sleep(ENGINE_WATCH_INTERVAL_S)
         self.engine_dead = "the engine died after it started (its process exited); this replica must be restarted"
+        self._engine_lost.set()
         self.metrics.engine_ready.set(0)
         log.error("engine died", extra={"fields": {"error": self.engine_dead}})
         if self._on_fatal is not None:
@@ -252,6 +254,26 @@ class ScoringService:
     async def _score_video(self, video: bytes | Path, prompt: str, options: ScoreOptions) -> ScoreResponse:
         if not self.ready:
             raise self.readiness_error()
+        return await self._unless_engine_dies(self._admit_and_score(video, prompt, options))
+
+    async def _unless_engine_dies(self, work: Any) -> ScoreResponse:
+        """Run `work`, but answer EngineDead (503 + Retry-After) as soon as the engine is lost: a request still
+        queued or decoding must not wait for the shutdown's drain to cancel it (that would be a 500)."""
+        task = asyncio.ensure_future(work)
+        lost = asyncio.ensure_future(self._engine_lost.wait())
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            lost.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        raise EngineDead(self.engine_dead or "the engine died")
+
+    async def _admit_and_score(self, video: bytes | Path, prompt: str, options: ScoreOptions) -> ScoreResponse:
         queued_at = time.perf_counter()
         async with self.admission.engine_slot():
             queue_ms = (time.perf_counter() - queued_at) * 1000

@@ -183,7 +183,8 @@ def test_killed_worker_gives_503s_health_503_and_a_nonzero_exit(tiny_critic_dir:
         assert all(not t.is_alive() for t in threads), "a request hung past its deadline"
         assert code != 0 and exited_after < 15, (code, exited_after, srv.log()[-3000:])
         assert health_503, srv.log()[-3000:]
-        assert len(results) == 16 and all(r in (200, 503) or isinstance(r, str) for r in results), results
+        assert len(results) == 16 and all(r in (200, 503) or isinstance(r, str) for r in results), \
+            (results, srv.log()[-3000:])
         assert 503 in results, results
         assert "lift serve: error: the engine died" in srv.log()
 
