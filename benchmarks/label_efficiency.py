@@ -1,0 +1,172 @@
+"""Client efficiency: `lift label --concurrency 32` against one replica vs the engine's own throughput.
+
+    .venv/bin/python benchmarks/label_efficiency.py [--videos 96] [--concurrency 32] [--model DIR]
+
+Same critic (the tiny critic, built on the spot unless --model), same engine settings (`lift serve`'s
+defaults, from ServiceSettings), same real H.264 videos, measured turn about on this machine (both engines
+loaded, one busy at a time, so a change in load hits both sides alike):
+1. engine: `Critic.score(path, prompt)` in this process, `--concurrency` at once (asyncio), the way the
+   server calls it: decode + the engine + scoring, no HTTP;
+2. `lift serve` (one replica, LIFT_MAX_INFLIGHT = --concurrency so the engine sees the same concurrency),
+   then `lift label --concurrency N` as a subprocess from an empty output file: the whole command,
+   Python start-up included, and its own labeling time (the summary's `seconds`).
+Both are warmed first (the first requests allocate and compile). Prints a table and, last,
+`client_efficiency=<lift label videos/s (whole command) / engine videos/s>`; the goal is >= 0.90.
+On a 2-core machine the client and the server share the cores with the engine: client CPU is engine time lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks.label_throughput import ENV, make_videos  # noqa: E402
+from benchmarks.lift_servers import lift_serve  # noqa: E402
+
+
+class InProcessEngine:
+    """The critic `lift serve` would load (same ServiceSettings defaults), started in this process on a
+    background event loop, so that it and a `lift serve` replica can be measured turn about."""
+
+    def __init__(self, model: Path) -> None:
+        from service.app.settings import ServiceSettings
+        from service.critic import Critic
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="engine-loop", daemon=True)
+        self.thread.start()
+        self.critic = Critic.from_pretrained(model, engine="vllm", **ServiceSettings(model=model).engine_options())
+        self.run(self.critic.start())
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def rate(self, items: list[tuple[Path, str]], concurrency: int, options: dict) -> float:
+        """videos/s of `Critic.score(path, prompt)`, `concurrency` at once."""
+        from service.protocol import ScoreOptions
+
+        opts = ScoreOptions(**options) if options else None
+
+        async def go() -> float:
+            sem = asyncio.Semaphore(concurrency)
+
+            async def one(path: Path, prompt: str) -> None:
+                async with sem:
+                    await self.critic.score(path, prompt, opts)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(p, t) for p, t in items))
+            return len(items) / (time.perf_counter() - t0)
+
+        return self.run(go())
+
+    def close(self) -> None:
+        self.run(self.critic.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+def label_rate(url: str, manifest: Path, out: Path, concurrency: int, extra: list[str]) -> tuple[float, float]:
+    """(videos/s over the whole `lift label` command, videos/s over its own labeling time)."""
+    summary = out.with_suffix(".summary.json")
+    cmd = [sys.executable, "-m", "clients.cli", "label", str(manifest), "--out", str(out), "--server", url,
+           "--concurrency", str(concurrency), "--no-progress", "--summary-json", str(summary), *extra]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, **ENV})
+    took = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"lift label failed ({r.returncode}): {r.stderr[-2000:]}")
+    s = json.loads(summary.read_text())
+    return s["ok"] / took, s["ok"] / s["seconds"]
+
+
+def warm(url: str, items: list[tuple[Path, str]], concurrency: int, options: dict) -> None:
+    async def run() -> None:
+        async with httpx.AsyncClient(timeout=600) as c:
+            async def one(path: Path, prompt: str) -> None:
+                data = {"prompt": prompt}
+                if options:
+                    data["options"] = json.dumps(options)
+                r = await c.post(f"{url}/v1/score", files={"video": (path.name, path.read_bytes(), "video/mp4")}, data=data)
+                r.raise_for_status()
+
+            await asyncio.gather(*(one(p, t) for p, t in items[:concurrency]))
+
+    asyncio.run(run())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", type=int, default=96, help="videos per measured run")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each side, turn about (the best is compared)")
+    ap.add_argument("--model", type=Path, default=None, help="critic folder (default: build the tiny critic)")
+    ap.add_argument("--max-reason-tokens", type=int, default=None, help="same for both sides (default: service's)")
+    args = ap.parse_args()
+    os.environ.update(ENV)
+
+    with tempfile.TemporaryDirectory(prefix="lift-eff-") as tmp_s:
+        tmp = Path(tmp_s)
+        model = args.model
+        if model is None:
+            from service.tiny_critics import build_tiny_critic
+
+            model = build_tiny_critic(tmp / "critic", family="qwen2_vl", seed=0)
+        items = make_videos(tmp, args.videos)
+        manifest = tmp / "manifest.jsonl"
+        manifest.write_text("".join(json.dumps({"video": str(p), "prompt": t}) + "\n" for p, t in items))
+        options = {"max_reason_tokens": args.max_reason_tokens} if args.max_reason_tokens else {}
+        extra = ["--max-reason-tokens", str(args.max_reason_tokens)] if args.max_reason_tokens else []
+        load_before = os.getloadavg()[0]
+
+        env = {**ENV, "LIFT_MAX_INFLIGHT": str(args.concurrency), "LIFT_MAX_QUEUE": str(4 * args.concurrency)}
+        engine: list[float] = []
+        whole: list[float] = []
+        inner: list[float] = []
+        with lift_serve(model, engine="vllm", log_dir=tmp, replicas=1, env=env) as urls:
+            local = InProcessEngine(model)
+            try:
+                local.rate(items[: args.concurrency], args.concurrency, options)  # warm-up
+                warm(urls[0], items, args.concurrency, options)
+                # Turn about, so that a change in the machine's load hits both sides alike.
+                for i in range(args.repeat):
+                    engine.append(local.rate(items, args.concurrency, options))
+                    w, n = label_rate(urls[0], manifest, tmp / f"labels_{i}.jsonl", args.concurrency, extra)
+                    whole.append(w)
+                    inner.append(n)
+            finally:
+                local.close()
+
+    e = max(engine)
+    print(f"machine: {os.cpu_count()} CPU cores (load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} "
+          f"at end), vLLM engine, {'tiny critic' if args.model is None else args.model}; {args.videos} videos per run, "
+          f"concurrency {args.concurrency}, best of {args.repeat}; "
+          f"max_reason_tokens={args.max_reason_tokens or 'service default'}")
+    print(f"{'path':<58} {'videos/s':>9} {'of engine':>10}")
+    rows = [("engine: in-process Critic.score", e),
+            ("lift label, 1 replica: its labeling time", max(inner)),
+            ("lift label, 1 replica: whole command (start-up included)", max(whole))]
+    for name, vps in rows:
+        print(f"{name:<58} {vps:>9.2f} {vps / e:>10.2f}")
+    print("runs (videos/s): engine " + ", ".join(f"{x:.2f}" for x in engine)
+          + "; lift label whole " + ", ".join(f"{x:.2f}" for x in whole)
+          + "; labeling time " + ", ".join(f"{x:.2f}" for x in inner))
+    print(f"client_efficiency={max(whole) / e:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
