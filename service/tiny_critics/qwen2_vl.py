@@ -1,13 +1,16 @@
 """A tiny random Qwen2-VL critic: a checkpoint both engines load as is.
 
-It resizes every frame to about 224x224, so 8 frames give 256 video tokens: enough to fill KV-cache blocks and
-show prefix sharing across a video's three questions, as a real critic's 8 x 196 do.
+Preset `tiny`: every frame resized to about 224x224, so 8 frames give 256 video tokens: enough to fill KV-cache
+blocks and show prefix sharing across a video's three questions. Preset `realistic`: LiFT-Critic-13B's token
+proportions, 8 frames x 196 visual tokens = 1568 (Qwen2-VL merges frame pairs, so 4 groups of 392: frames of
+about 392x784 pixels), on a small but not trivial LLM, so that a benchmark's costs fall where the real critic's do.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from service.tiny_critics.corpus import lift_answer_corpus
@@ -31,6 +34,25 @@ _CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 FRAME_PIXELS = 224 * 224
+PRESETS = ("tiny", "realistic")
+
+
+@dataclass(frozen=True)
+class QwenShape:
+    frame_pixels: int = FRAME_PIXELS
+    hidden: int = 128
+    intermediate: int = 256
+    layers: int = 2
+    heads: int = 4  # head_dim = hidden / heads: CPU attention needs 32/64/80+
+    kv_heads: int = 2
+    mrope_section: tuple[int, int, int] = (4, 6, 6)  # sums to head_dim / 2
+    vision_depth: int = 2
+    vision_dim: int = 64
+
+
+SHAPES = {"tiny": QwenShape(),
+          "realistic": QwenShape(frame_pixels=392 * 784, hidden=256, intermediate=688, layers=4, heads=4, kv_heads=2,
+                                 mrope_section=(8, 12, 12), vision_depth=4, vision_dim=128)}
 
 
 def _build_tokenizer(seed: int):
@@ -51,26 +73,31 @@ def _build_tokenizer(seed: int):
     return hf_tok
 
 
-def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0, preset: str = "tiny") -> Path:
     import torch
     from transformers import GenerationConfig, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
+    if preset not in SHAPES:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    shape = SHAPES[preset]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = _build_tokenizer(seed)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _SPECIALS}
-    size = {"shortest_edge": FRAME_PIXELS, "longest_edge": FRAME_PIXELS}
+    size = {"shortest_edge": shape.frame_pixels, "longest_edge": shape.frame_pixels}
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(size=size), tokenizer=tokenizer,
                                  video_processor=Qwen2VLVideoProcessor(size=size), chat_template=_CHAT_TEMPLATE)
-    text = dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2,  # head_dim 32: CPU attention needs 32/64/80+
+    text = dict(vocab_size=len(tokenizer), hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+                num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
                 max_position_embeddings=4096, rms_norm_eps=1e-6,
-                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]},
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                                 "mrope_section": list(shape.mrope_section)},
                 bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                 pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False)
-    vision = dict(depth=2, embed_dim=64, hidden_size=128, num_heads=2, mlp_ratio=2, patch_size=14,
+    vision = dict(depth=shape.vision_depth, embed_dim=shape.vision_dim, hidden_size=shape.hidden, num_heads=2, mlp_ratio=2,
+                  patch_size=14,
                   spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
     config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
                            video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
@@ -81,8 +108,8 @@ def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0) -> Path:
     processor.save_pretrained(out)
     GenerationConfig(bos_token_id=ids["<|endoftext|>"], eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
                      pad_token_id=ids["<|endoftext|>"], do_sample=False).save_pretrained(out)
-    (out / "lift_critic.json").write_text(json.dumps({"family": "qwen2_vl", "tiny": True, "seed": seed}, indent=1))
+    (out / "lift_critic.json").write_text(json.dumps({"family": "qwen2_vl", "tiny": True, "preset": preset, "seed": seed}, indent=1))
     return out
 
 
-__all__ = ["FRAME_PIXELS", "build_tiny_qwen2_vl"]
+__all__ = ["FRAME_PIXELS", "PRESETS", "SHAPES", "QwenShape", "build_tiny_qwen2_vl"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 VISIONS = ("siglip", "internvit")
@@ -37,6 +38,24 @@ INTERN_IMAGE_SIZE = 112  # internvit
 LORA_R = 8
 LORA_ALPHA = 16
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PRESETS = ("tiny", "realistic")
+
+
+@dataclass(frozen=True)
+class VilaShape:
+    """Sizes that vary by preset. `realistic` has LiFT-Critic-13B's token proportions: SigLIP at 384 px (27x27
+    patches, 196 tokens per frame after the 2x2 merge, 8 frames = 1568 visual tokens) on a small LLM, so the
+    prompt is as long as the real critic's and the benchmark's costs fall where the 13B's do."""
+
+    llm_hidden: int = LLM_HIDDEN
+    llm_intermediate: int = 256
+    llm_layers: int = 2
+    llm_heads: int = 4
+    image_size: int = IMAGE_SIZE
+
+
+SHAPES = {"tiny": VilaShape(), "realistic": VilaShape(llm_hidden=256, llm_intermediate=688, llm_layers=4,
+                                                     llm_heads=4, image_size=384)}
 
 # The 40B's tokenizer (Nous-Hermes-2-Yi-34B) knows ChatML; ids 0-2 as Yi's <unk>, <|startoftext|>, <|endoftext|>.
 _CHATML_SPECIALS = ["<unk>", "<|startoftext|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -81,17 +100,18 @@ def _scale_(module, std: float) -> None:
                 p.uniform_(0.8, 1.2)
 
 
-def _write_llm(out: Path, tokenizer, vision: str):
+def _write_llm(out: Path, tokenizer, vision: str, shape_: VilaShape):
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (tokenizer.bos_token, tokenizer.eos_token)}
-    shape: dict[str, Any] = dict(num_attention_heads=4, num_key_value_heads=4)
+    shape: dict[str, Any] = dict(num_attention_heads=shape_.llm_heads, num_key_value_heads=shape_.llm_heads)
     if vision == "internvit":  # Yi-34B: 56 query heads over 8 KV heads, rope theta 5e6
-        shape = dict(num_attention_heads=4, num_key_value_heads=2,
+        shape = dict(num_attention_heads=shape_.llm_heads, num_key_value_heads=shape_.llm_heads // 2,
                      rope_parameters={"rope_type": "default", "rope_theta": 5000000.0})
     bos, eos = ids[tokenizer.bos_token], ids[tokenizer.eos_token]
     pad = tokenizer.convert_tokens_to_ids("<unk>")
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=LLM_HIDDEN, intermediate_size=256, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=shape_.llm_hidden,
+                      intermediate_size=shape_.llm_intermediate, num_hidden_layers=shape_.llm_layers,
                       max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=bos, eos_token_id=eos,
                       tie_word_embeddings=False, architectures=["LlamaForCausalLM"], dtype="float32", **shape)
     llm = LlamaForCausalLM(cfg).float()
@@ -101,11 +121,11 @@ def _write_llm(out: Path, tokenizer, vision: str):
     return llm
 
 
-def _write_siglip(out: Path) -> dict[str, Any]:
+def _write_siglip(out: Path, image_size: int) -> dict[str, Any]:
     from safetensors.torch import load_file, save_file
     from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
-    vt_cfg = SiglipVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, hidden_size=VISION_HIDDEN,
+    vt_cfg = SiglipVisionConfig(image_size=image_size, patch_size=PATCH_SIZE, hidden_size=VISION_HIDDEN,
                                 intermediate_size=128, num_hidden_layers=3, num_attention_heads=2,
                                 hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
                                 architectures=["SiglipVisionModel"], dtype="float32")
@@ -116,7 +136,7 @@ def _write_siglip(out: Path) -> dict[str, Any]:
     # Real VILA-1.5 files (transformers 4.x) carry `vision_model.`; transformers 5 drops it: mimic the real ones.
     save_file({k if k.startswith("vision_model.") else f"vision_model.{k}": v for k, v in load_file(weights).items()},
               weights, metadata={"format": "pt"})
-    SiglipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_resize=True, do_rescale=True,
+    SiglipImageProcessor(size={"height": image_size, "width": image_size}, do_resize=True, do_rescale=True,
                          do_normalize=True, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(out / "vision_tower")
     return {"mm_vision_select_feature": "cls_patch", "mm_vision_select_layer": -2}
 
@@ -165,8 +185,10 @@ def _write_internvit(out: Path) -> dict[str, Any]:
     return {"mm_vision_select_feature": "patch", "mm_vision_select_layer": -1}
 
 
-def build_tiny_vila(out_dir: str | Path, seed: int = 0, with_lora: bool = False, vision: str = "siglip") -> Path:
-    """Write a tiny VILA-1.5 release into `out_dir` (and LiFT's LoRA release into `out_dir/lora`)."""
+def build_tiny_vila(out_dir: str | Path, seed: int = 0, with_lora: bool = False, vision: str = "siglip",
+                    preset: str = "tiny") -> Path:
+    """Write a tiny VILA-1.5 release into `out_dir` (and LiFT's LoRA release into `out_dir/lora`).
+    `preset="realistic"`: LiFT-Critic-13B's token proportions (siglip only; see `VilaShape`)."""
     import torch
     from safetensors.torch import save_file
 
@@ -174,6 +196,11 @@ def build_tiny_vila(out_dir: str | Path, seed: int = 0, with_lora: bool = False,
 
     if vision not in VISIONS:
         raise ValueError(f"unknown VILA vision tower {vision!r}; choose from {', '.join(VISIONS)}")
+    if preset not in SHAPES:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    if preset != "tiny" and vision != "siglip":
+        raise ValueError("the realistic preset is 13B-shaped: vision siglip")
+    shape = SHAPES[preset]
     out = Path(out_dir)
     for sub in ("llm", "vision_tower", "mm_projector"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -182,10 +209,10 @@ def build_tiny_vila(out_dir: str | Path, seed: int = 0, with_lora: bool = False,
 
     tokenizer = _tokenizer(seed, vision)
     tokenizer.save_pretrained(out / "llm")
-    llm = _write_llm(out, tokenizer, vision)
-    select = _write_siglip(out) if vision == "siglip" else _write_internvit(out)
+    llm = _write_llm(out, tokenizer, vision, shape)
+    select = _write_siglip(out, shape.image_size) if vision == "siglip" else _write_internvit(out)
 
-    projector = MlpDownsampleProjector(VISION_HIDDEN, LLM_HIDDEN)
+    projector = MlpDownsampleProjector(VISION_HIDDEN, shape.llm_hidden)
     with torch.no_grad():
         for p in projector.parameters():
             p.normal_(0.0, 0.1)
@@ -201,7 +228,7 @@ def build_tiny_vila(out_dir: str | Path, seed: int = 0, with_lora: bool = False,
         "llm_cfg": json.loads((out / "llm" / "config.json").read_text()),
         "vision_tower_cfg": json.loads((out / "vision_tower" / "config.json").read_text()),
         "mm_projector_cfg": proj_cfg,
-        "hidden_size": LLM_HIDDEN, "mm_hidden_size": VISION_HIDDEN, "image_aspect_ratio": "resize",
+        "hidden_size": shape.llm_hidden, "mm_hidden_size": VISION_HIDDEN, "image_aspect_ratio": "resize",
         **select, "s2": False,
         "mm_use_im_start_end": False, "mm_use_im_patch_token": False, "model_dtype": "torch.float32",
     }
@@ -211,13 +238,14 @@ def build_tiny_vila(out_dir: str | Path, seed: int = 0, with_lora: bool = False,
     return out
 
 
-def build_tiny_vila_critic(out_dir: str | Path, seed: int = 0, with_lora: bool = True, vision: str = "siglip") -> Path:
+def build_tiny_vila_critic(out_dir: str | Path, seed: int = 0, with_lora: bool = True, vision: str = "siglip",
+                          preset: str = "tiny") -> Path:
     """A tiny VILA in VILA's layout under `out_dir/vila-src`, converted (LoRA merged) into `out_dir/critic`:
     the folder `Critic.from_pretrained` loads."""
     from service.families.vila.convert import convert_vila
 
     out = Path(out_dir)
-    src = build_tiny_vila(out / "vila-src", seed=seed, with_lora=with_lora, vision=vision)
+    src = build_tiny_vila(out / "vila-src", seed=seed, with_lora=with_lora, vision=vision, preset=preset)
     return convert_vila(src, out / "critic", src / "lora" if with_lora else None).out_dir
 
 
@@ -250,5 +278,5 @@ def _write_lora(out: Path, llm, projector, seed: int) -> None:
     torch.save(non_lora, lora_dir / "non_lora_trainables.bin")
 
 
-__all__ = ["IMAGE_SIZE", "INTERN_IMAGE_SIZE", "LORA_ALPHA", "LORA_R", "PATCH_SIZE", "VISIONS", "build_tiny_vila",
+__all__ = ["IMAGE_SIZE", "PRESETS", "SHAPES", "VilaShape", "INTERN_IMAGE_SIZE", "LORA_ALPHA", "LORA_R", "PATCH_SIZE", "VISIONS", "build_tiny_vila",
            "build_tiny_vila_critic", "intern_vit_tiny_config"]
