@@ -175,7 +175,8 @@ Many machines: --shard K/N labels only the items whose id hashes to K of N (sha2
 process computes the same split; K from 0 to N-1, e.g. $JOB_COMPLETION_INDEX), into its own --out, and
 resumes like any run. `lift label merge PART.jsonl... --out MERGED.jsonl` joins the parts afterwards
 (`lift label merge --help`).""",
-        epilog="exit codes: 0 all labeled; 1 finished, some items are error lines; 2 bad arguments/input; "
+        epilog="exit codes: 0 all labeled; 1 finished, some items are error lines (0 with --allow-item-errors); "
+        "2 bad arguments/input (a bad --shard, another shard's --out, an --out another run is writing); "
         "3 stopped early because no replica was reachable (re-run to resume)",
     )
     p.add_argument("manifest", type=Path, help="JSONL manifest")
