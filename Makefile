@@ -25,6 +25,13 @@ test-fast: install
 bench: install
 	$(PY) benchmarks/critic_throughput.py
 
+# The whole LiFT chain on the CPU (benchmarks/lift_in_miniature.py): rate generated videos by hidden rules, train
+# and serve the critic, fine-tune the generator on its rewards, judge it by the rules. Reuses MINIATURE_OUT's stages.
+MINIATURE_OUT ?= /tmp/lift_in_miniature
+.PHONY: miniature
+miniature: install
+	$(PY) benchmarks/lift_in_miniature.py --out $(MINIATURE_OUT)
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 

@@ -38,12 +38,18 @@ def _tokenizer(workdir: str):
     return T5Tokenizer(vocab=pieces, extra_ids=0)
 
 
-def build_tiny_generator(out_dir: str | Path, seed: int = 0, rotary: bool = False) -> Path:
+def build_tiny_generator(out_dir: str | Path, seed: int = 0, rotary: bool = False, *, latent_channels: int = 4,
+                         num_layers: int = 1, num_attention_heads: int | None = None,
+                         attention_head_dim: int | None = None, time_embed_dim: int = 2,
+                         vae_channels: tuple[int, int, int, int] = (8, 8, 8, 8)) -> Path:
     """Save a random CogVideoX pipeline (32x32 px, 9 frames) to `out_dir`; `CogVideoXPipeline.from_pretrained` loads it.
 
     32 px, not 16: the service decodes with decord, which fails on H.264 frames 16 px wide.
 
     rotary=False is CogVideoX-2b's layout (sin-cos positions), rotary=True CogVideoX-5b's (rotary embeddings).
+    The keyword-only sizes default to the smallest model (tests); a generator that is to be pre-trained to
+    draw something (finetune.miniature) asks for more latent channels (CogVideoX's own VAE has 16), layers
+    and width.
     """
     import torch
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
@@ -52,9 +58,10 @@ def build_tiny_generator(out_dir: str | Path, seed: int = 0, rotary: bool = Fals
     out = Path(out_dir)
     torch.manual_seed(seed)
     transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=2 if rotary else 4,
-        attention_head_dim=16 if rotary else 8,  # rotary splits head_dim over t/h/w
-        in_channels=4, out_channels=4, time_embed_dim=2, text_embed_dim=32, num_layers=1,
+        num_attention_heads=num_attention_heads or (2 if rotary else 4),
+        attention_head_dim=attention_head_dim or (16 if rotary else 8),  # rotary splits head_dim over t/h/w
+        in_channels=latent_channels, out_channels=latent_channels, time_embed_dim=time_embed_dim,
+        text_embed_dim=32, num_layers=num_layers,
         sample_width=4, sample_height=4, sample_frames=9,  # latent 4x4 -> 32x32 px; 9 frames -> 3 latent frames
         patch_size=2, temporal_compression_ratio=4, max_text_seq_length=16,
         use_rotary_positional_embeddings=rotary,
@@ -63,7 +70,7 @@ def build_tiny_generator(out_dir: str | Path, seed: int = 0, rotary: bool = Fals
     vae = AutoencoderKLCogVideoX(
         in_channels=3, out_channels=3,
         down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=2,
+        block_out_channels=tuple(vae_channels), latent_channels=latent_channels, layers_per_block=1, norm_num_groups=2,
         temporal_compression_ratio=4,
     )
     # CogVideoX-2b's scheduler settings: v-prediction, zero terminal SNR, trailing spacing.
