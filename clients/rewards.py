@@ -6,7 +6,10 @@
 
 Each item is one /v1/score request; up to `concurrency` run at once, spread over the replicas
 (least-loaded), so a batch is split across replicas by load. Videos may be paths, bytes, URLs,
-`ServerPath`s or uint8 arrays (T, H, W, 3). A failed item raises by default; with
+`ServerPath`s, or generated frames: numpy arrays or torch tensors, one video each ((T, H, W, 3), (T, 3, H, W)
+or (3, T, H, W)) or a whole batch as one 5-D array ((B, T, H, W, 3), (B, T, 3, H, W), (B, 3, T, H, W)); uint8,
+or float in [0, 1]. Frames travel as `.npy` (no mp4 step, no compression artifacts for the fidelity question
+to judge), at `fps` (default 8). A failed item raises by default; with
 `allow_failures=True` its reward is None (TRL excludes None; it is never silently 0) and the failure
 is logged and kept in `.last_errors`.
 """
@@ -23,7 +26,7 @@ from service.errors import InvalidRequest, LiftError
 from service.protocol import DimensionName, ScoreOptions, ScoreResponse
 
 from .balancing import RetryPolicy, Strategy
-from .client import DEFAULT_TIMEOUT, AsyncRewardClient
+from .client import DEFAULT_TIMEOUT, AsyncRewardClient, _options, _parse
 from .video import VideoInput
 
 log = logging.getLogger(__name__)
@@ -74,10 +77,14 @@ class AsyncRewardFunction:
         retry: RetryPolicy | None = None,
         strategy: Strategy = "least_loaded",
         name: str = "lift_reward",
+        fps: float = 8.0,
     ) -> None:
         _check_reward(reward)
         if concurrency < 1:
             raise InvalidRequest("concurrency must be >= 1", param="concurrency")
+        if not 0 < float(fps) <= 240:
+            raise InvalidRequest("fps must be in (0, 240]", param="fps")
+        self.fps = float(fps)
         self.reward = reward
         self.expected = expected
         self.allow_failures = allow_failures
@@ -114,14 +121,21 @@ class AsyncRewardFunction:
             videos = completions
         if videos is None or prompts is None:
             raise InvalidRequest("reward function needs videos (or completions=) and prompts")
+        if is_frames(videos):  # one 5-D batch array / tensor: B videos
+            videos = split_batch(videos)
         if len(videos) != len(prompts):
             raise InvalidRequest(f"{len(videos)} videos but {len(prompts)} prompts", param="prompts")
         client = self.client
         gate = asyncio.Semaphore(self.concurrency)
+        options = _options(self.options)
 
         async def one(video: VideoInput, prompt: str) -> float:
             async with gate:
-                resp = await client.score(video, prompt, options=self.options)
+                if is_frames(video):
+                    npy = await asyncio.to_thread(frames_to_npy, video)
+                    resp = await score_npy(client, npy, prompt, options=options, fps=self.fps)
+                else:
+                    resp = await client.score(video, prompt, options=options)
             return reward_value(resp, self.reward, self.expected)
 
         results = await asyncio.gather(*(one(v, p) for v, p in zip(videos, prompts)), return_exceptions=True)
@@ -144,6 +158,77 @@ class AsyncRewardFunction:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+# ---- frames in memory -> .npy (issue 19) -----------------------------------------------------------
+def is_frames(value: Any) -> bool:
+    """A numpy array or a torch tensor (checked by type, so neither library is imported here)."""
+    mod = type(value).__module__
+    return (mod == "numpy" or mod.startswith("torch")) and hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def _to_numpy(value: Any) -> Any:
+    if type(value).__module__.startswith("torch"):
+        t = value.detach().cpu()
+        if t.is_floating_point():
+            t = t.float()  # bfloat16 has no numpy twin
+        return t.numpy()
+    return value
+
+
+def split_batch(batch: Any) -> list[Any]:
+    """A 5-D batch (B, ...) -> B videos; anything else is an error naming the shapes accepted."""
+    shape = tuple(batch.shape)
+    if len(shape) != 5:
+        raise InvalidRequest(f"a frames batch must be 5-D (B, T, H, W, 3), (B, T, 3, H, W) or (B, 3, T, H, W); got "
+                             f"shape {shape}", param="videos")
+    return [batch[i] for i in range(shape[0])]
+
+
+def frames_to_npy(video: Any) -> bytes:
+    """One video's frames -> `.npy` bytes of uint8 (T, H, W, 3), the layout the service reads.
+
+    Accepts (T, H, W, 3), (T, 3, H, W) (diffusers / Flow-Factory) or (3, T, H, W); uint8, or float in [0, 1]
+    (rounded, clipped). No pickle: `numpy.save(allow_pickle=False)`."""
+    import io
+
+    import numpy as np
+
+    arr = np.asarray(_to_numpy(video))
+    if arr.ndim != 4:
+        raise InvalidRequest(f"a video's frames must be 4-D, got shape {arr.shape}", param="videos")
+    if arr.shape[-1] == 3:
+        pass
+    elif arr.shape[1] == 3:
+        arr = arr.transpose(0, 2, 3, 1)  # (T, 3, H, W)
+    elif arr.shape[0] == 3:
+        arr = arr.transpose(1, 2, 3, 0)  # (3, T, H, W)
+    else:
+        raise InvalidRequest(f"frames must be (T, H, W, 3), (T, 3, H, W) or (3, T, H, W); got {arr.shape}",
+                             param="videos")
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating):
+            arr = np.rint(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+        elif np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
+            arr = np.clip(arr, 0, 255).astype(np.uint8)
+        else:
+            raise InvalidRequest(f"frames must be uint8 or float in [0, 1], got {arr.dtype}", param="videos")
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+async def score_npy(client: AsyncRewardClient, npy: bytes, prompt: str, *, options: ScoreOptions | None = None,
+                    fps: float = 8.0) -> ScoreResponse:
+    """One /v1/score call with `.npy` frames as the multipart `video` and their `fps`."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidRequest("prompt must be a non-empty string", param="prompt")
+    form = {"prompt": prompt, "fps": repr(float(fps))}
+    if options is not None:
+        form["options"] = options.model_dump_json(exclude_none=True)
+    resp, replica = await client._send("POST", "/v1/score", files={"video": ("frames.npy", npy, "application/x-npy")},
+                                       data=form)
+    return _parse(ScoreResponse, resp, replica)
 
 
 class RewardFunction:

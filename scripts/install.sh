@@ -27,5 +27,6 @@ else
 fi
 "$P" -c "import torch, torchvision, vllm, decord, transformers, diffusers; print('install: ok torch', torch.__version__, 'vllm', vllm.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__)"
 bash scripts/install_system_tools.sh   # promtool + docker-compose for tests/deploy (apt, root only)
+VENV="$VENV" bash scripts/install_cosmos_client.sh   # Cosmos-RL's own reward client, in its own folder (optional)
 touch "$VENV/.installed"
 echo "install: done in $(( $(date +%s) - t0 ))s"

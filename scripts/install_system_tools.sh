@@ -3,17 +3,18 @@
 # implementation whose `config` validates deploy/compose.yaml without a Docker daemon) and promtool (from
 # Debian's `prometheus` package) for deploy/prometheus/, and Debian's Chromium for the page's browser test
 # (tests/e2e/test_page.py drives it with the `playwright` package; Playwright's own browser download is
-# never used). Idempotent: installs only what is missing.
+# never used), and redis-server for the shared job store's test (tests/integration/test_adapters_cosmos.py starts
+# and stops its own; the package's daemon is not used). Idempotent: installs only what is missing.
 # Not root, or no apt-get: says so and exits 0, and the tests that need the tool skip with that reason.
 set -uo pipefail
 
-declare -A TOOL_PKG=([docker-compose]=docker-compose [promtool]=prometheus [chromium]=chromium)
+declare -A TOOL_PKG=([docker-compose]=docker-compose [promtool]=prometheus [chromium]=chromium [redis-server]=redis-server)
 missing=()
 for tool in "${!TOOL_PKG[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("${TOOL_PKG[$tool]}")
 done
 if [ ${#missing[@]} -eq 0 ]; then
-    echo "install_system_tools: docker-compose, promtool and chromium already present"
+    echo "install_system_tools: docker-compose, promtool, chromium and redis-server already present"
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then

@@ -63,8 +63,33 @@ class MediaFetchError(MediaError):
     code = "media_fetch_failed"
 
 
+class LatentDecoderNotConfigured(MediaError):
+    """`media_type: latent` arrived but this server has no VAE to decode latents with (LIFT_LATENT_VAE)."""
+
+    code = "latent_vae_not_configured"
+
+
 class Unauthorized(LiftError):
     code = "unauthorized"
+
+
+# ---- async reward jobs (enqueue / pull) ------------------------------------------------------
+class JobPending(InvalidRequest):
+    """Pulled before the job finished: poll again later (Cosmos-RL's trainer expects a 400 here)."""
+
+    code = "job_pending"
+
+
+class JobNotFound(InvalidRequest):
+    """No such job: never enqueued, or its result expired (LIFT_JOBS_TTL_S)."""
+
+    code = "job_not_found"
+
+
+class JobFailed(LiftError):
+    """The job ended without rewards; the message says why (a video that did not decode, ...)."""
+
+    code = "job_failed"
 
 
 # ---- service state --------------------------------------------------------------------------
@@ -100,6 +125,12 @@ class EngineStartError(LiftError):
 
 class RequestTimeout(LiftError):
     code = "timeout"
+
+
+class JobStoreUnavailable(LiftError):
+    """The shared job store (Redis) cannot be reached: the service is degraded, not the client's fault."""
+
+    code = "job_store_unavailable"
 
 
 # ---- model files ----------------------------------------------------------------------------

@@ -28,19 +28,27 @@ class ScoreOptions(BaseModel):
 
 
 class VideoSource(BaseModel):
-    """Exactly one of `path` (under the server's media root), `url` (http/https) or `base64`."""
+    """Exactly one of `path` (under the server's media root), `url` (http/https), `base64` (a video file), or
+    frames: `npy` (base64 of a uint8 `.npy` array (T, H, W, 3)) or `frames` (base64 PNG/JPEG images, one per
+    frame). `fps` goes with frames (default 8)."""
 
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = Field(None, max_length=4096, description="Path on the server, under LIFT_MEDIA_ROOT.")
     url: str | None = Field(None, max_length=8192, description="http(s) URL the server downloads.")
     base64: str | None = Field(None, description="The video file's bytes, base64-encoded.")
+    npy: str | None = Field(None, description="Frames as a uint8 .npy array (T, H, W, 3), base64-encoded (no pickle).")
+    frames: list[str] | None = Field(None, min_length=1, max_length=100_000,
+                                     description="Frames as base64 PNG or JPEG images, in order.")
+    fps: float | None = Field(None, gt=0, le=240, description="Frame rate of `npy` / `frames` (default 8).")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "VideoSource":
-        given = [k for k in ("path", "url", "base64") if getattr(self, k) is not None]
+        given = [k for k in ("path", "url", "base64", "npy", "frames") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("video needs exactly one of 'path', 'url' or 'base64'")
+            raise ValueError("video needs exactly one of 'path', 'url', 'base64', 'npy' or 'frames'")
+        if self.fps is not None and given[0] not in ("npy", "frames"):
+            raise ValueError("'fps' goes with 'npy' or 'frames' (a video file carries its own)")
         return self
 
 

@@ -24,7 +24,7 @@ class ApiKeyAuth:
     def applies_to(self, path: str) -> bool:
         if not self.enabled:
             return False
-        if path.startswith("/v1/"):
+        if path.startswith(("/v1/", "/api/")) or path == "/compute":  # /api/, /compute: trainer adapters
             return True
         return self.protect_ops and path in OPS_PATHS
 

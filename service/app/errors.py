@@ -23,6 +23,11 @@ from service.errors import (
     ForbiddenMediaSource,
     InvalidRequest,
     InvalidVideo,
+    JobFailed,
+    JobNotFound,
+    JobPending,
+    JobStoreUnavailable,
+    LatentDecoderNotConfigured,
     LiftError,
     MediaError,
     MediaFetchError,
@@ -88,6 +93,11 @@ STATUS: dict[type[LiftError], int] = {
     ForbiddenMediaSource: 403,
     MediaFetchError: 422,
     MediaError: 422,
+    LatentDecoderNotConfigured: 422,
+    JobPending: 400,
+    JobNotFound: 404,
+    JobFailed: 422,
+    JobStoreUnavailable: 503,
     Unauthorized: 401,
     Overloaded: 429,
     EngineNotReady: 503,
@@ -112,7 +122,9 @@ def retry_after_of(exc: LiftError) -> int | None:
     """Seconds for `Retry-After` on errors worth retrying (overload, engine still loading)."""
     if isinstance(exc, Overloaded):
         return max(1, math.ceil(exc.retry_after_s))
-    if isinstance(exc, (EngineNotReady, EngineError, EngineStartError, ModelLoadError)):
+    if isinstance(exc, JobPending):
+        return 1
+    if isinstance(exc, (EngineNotReady, EngineError, EngineStartError, ModelLoadError, JobStoreUnavailable)):
         return 5  # another replica (or this one, restarted) may answer
     return None
 

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.adapters import build_adapters
 from service.app.auth import ApiKeyAuth
 from service.app.errors import install_error_handlers
 from service.app.metrics import ServiceMetrics
@@ -35,6 +36,7 @@ def create_app(
     """
     metrics = ServiceMetrics()
     service = ScoringService(settings, critic, metrics, on_fatal=on_fatal)
+    adapters = build_adapters(service)  # trainer route sets (LIFT_ADAPTERS) over the same service
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -42,6 +44,8 @@ def create_app(
         try:
             yield
         finally:
+            for adapter in adapters:  # their jobs end (failed: shutdown) before the engine stops
+                await adapter.aclose()
             await service.shutdown()
 
     app = FastAPI(
@@ -52,6 +56,8 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(build_router(service))
+    for adapter in adapters:
+        app.include_router(adapter.router)
     app.include_router(build_page_router())  # GET /: the hand-scoring page (issue 8); public, it holds no data
     install_openapi(app)
     app.add_middleware(

@@ -19,6 +19,7 @@ from service.app.errors import MalformedForm, PayloadTooLarge, ValidationFailed,
 from service.app.metrics import CONTENT_TYPE
 from service.app.serving import ScoringService, parse_json_async, parse_options, parse_prompt, parse_score_request
 from service.errors import InvalidVideo, UnsupportedMedia, VideoTooLarge
+from service.frames import NPY_MAGIC, is_npy
 from service.protocol import (
     BatchScoreRequest,
     BatchScoreResponse,
@@ -60,7 +61,9 @@ _SCORE_BODY = {
                     "type": "object",
                     "required": ["video", "prompt"],
                     "properties": {
-                        "video": {"type": "string", "format": "binary", "description": "The video file."},
+                        "video": {"type": "string", "format": "binary",
+                                  "description": "The video file, or frames as a uint8 .npy array (T, H, W, 3)."},
+                        "fps": {"type": "string", "description": "Frame rate of .npy frames (default 8)."},
                         "prompt": {"type": "string", "description": "The caption the video was generated from."},
                         "options": {"type": "string", "description": "ScoreOptions as a JSON object."},
                     },
@@ -92,6 +95,7 @@ def _json(model: BaseModel) -> Response:
 def build_router(service: ScoringService) -> APIRouter:
     router = APIRouter()
     max_video = service.settings.max_video_bytes
+    max_frames = service.settings.max_frames_bytes
 
     @router.post(
         "/v1/score",
@@ -104,8 +108,8 @@ def build_router(service: ScoringService) -> APIRouter:
         async with service.admission.admit():  # before reading the body: bounds memory under a burst
             media = _media_type(request)
             if media == "multipart/form-data":
-                video, prompt, options = await _read_form(request, max_video)
-                return _json(await service.score_upload(video, prompt, options))
+                video, prompt, options, fps = await _read_form(request, max_video, max_frames)
+                return _json(await service.score_upload(video, prompt, options, fps=fps))
             data = await _read_json(request)
             return _json(await service.score(parse_score_request(data)))
 
@@ -145,7 +149,7 @@ def build_router(service: ScoringService) -> APIRouter:
     return router
 
 
-async def _read_form(request: Request, max_video: int) -> tuple[bytes, str, Any]:
+async def _read_form(request: Request, max_video: int, max_frames: int) -> tuple[bytes, str, Any, float | None]:
     try:
         form = await request.form(max_files=1, max_fields=8, max_part_size=MAX_FORM_FIELD_BYTES)
     except (MultiPartException, StarletteHTTPException) as exc:
@@ -158,23 +162,42 @@ async def _read_form(request: Request, max_video: int) -> tuple[bytes, str, Any]
         video = form.get("video")
         prompt = form.get("prompt")
         options_raw = form.get("options")
+        fps_raw = form.get("fps")
         if not isinstance(video, UploadFile):
             raise ValidationFailed("multipart form needs a 'video' file field", param="video")
         if not isinstance(prompt, str):
             raise ValidationFailed("multipart form needs a 'prompt' text field", param="prompt")
         if options_raw is not None and not isinstance(options_raw, str):
             raise ValidationFailed("'options' must be a text field holding JSON", param="options")
-        if video.size is not None and video.size > max_video:
-            raise VideoTooLarge(f"video is {video.size} bytes, over the limit of {max_video}", param="video")
-        data = await video.read(max_video + 1)  # spooled to disk by the parser; read capped
-        if len(data) > max_video:
-            raise VideoTooLarge(f"video is over the limit of {max_video} bytes", param="video")
+        # An .npy upload is frames (issue 19): raw pixels get their own, larger cap (LIFT_MAX_FRAMES_BYTES).
+        head = await video.read(len(NPY_MAGIC))
+        cap = max_frames if is_npy(head) else max_video
+        if video.size is not None and video.size > cap:
+            raise VideoTooLarge(f"video is {video.size} bytes, over the limit of {cap}", param="video")
+        data = head + await video.read(cap + 1 - len(head))  # spooled to disk by the parser; read capped
+        if len(data) > cap:
+            raise VideoTooLarge(f"video is over the limit of {cap} bytes", param="video")
         if not data:
             raise InvalidVideo("the uploaded video is empty (0 bytes)", param="video")
+        fps = _parse_fps(fps_raw)
         # Same rules as JSON: the prompt field's own constraints, the options model.
-        return data, parse_prompt(prompt), parse_options(options_raw)
+        return data, parse_prompt(prompt), parse_options(options_raw), fps
     finally:
         await form.close()
+
+
+def _parse_fps(raw: Any) -> float | None:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if not isinstance(raw, str):
+        raise ValidationFailed("'fps' must be a text field holding a number", param="fps")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValidationFailed(f"fps must be a number, got {raw[:40]!r}", param="fps") from None
+    if not 0 < value <= 240:
+        raise ValidationFailed("fps must be in (0, 240]", param="fps")
+    return value
 
 
 def install_openapi(app: FastAPI) -> None:

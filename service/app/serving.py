@@ -31,8 +31,12 @@ from service.errors import (
     LiftError,
     ModelLoadError,
     RequestTimeout,
+    VideoTooLarge,
 )
 from service.fetch import FetchPolicy, MediaConnector, decode_base64, resolve_path
+from service.frames import b64_bytes, is_npy, video_from_images, videos_from_npy
+from service.media import MediaLimits, VideoFrames
+from service.rubric import DEFAULT_NUM_FRAMES
 from service.protocol import (
     BatchItemError,
     BatchScoreResponse,
@@ -233,9 +237,39 @@ class ScoringService:
             return dataclasses.replace(base, max_bytes=self.settings.max_video_bytes)
         return base
 
-    async def _video_of(self, request: ScoreRequest, prefix: str) -> bytes | Path:
+    # -- frames (issue 19): the same sampling and limits as files, decoded off the event loop -------------
+    def num_frames_for(self, options: ScoreOptions) -> int:
+        return options.num_frames or int(getattr(self.critic, "num_frames", DEFAULT_NUM_FRAMES) or DEFAULT_NUM_FRAMES)
+
+    @property
+    def frame_limits(self) -> MediaLimits:
+        """Pixels, frames and duration as for files; bytes from LIFT_MAX_FRAMES_BYTES (raw pixels, not mp4)."""
+        base = self._limits if isinstance(self._limits, MediaLimits) else MediaLimits()
+        return dataclasses.replace(base, max_bytes=self.settings.max_frames_bytes)
+
+    async def videos_of_npy(self, data: bytes, options: ScoreOptions, *, fps: float | None = None,
+                            batch: bool | None = False, param: str = "video", fps_param: str = "video.fps") -> list[VideoFrames]:
+        return await asyncio.to_thread(
+            videos_from_npy, data, num_frames=self.num_frames_for(options), fps=fps, limits=self.frame_limits,
+            batch=batch, param=param, fps_param=fps_param)
+
+    async def video_of_images(self, images: list[bytes], options: ScoreOptions, *, fps: float | None = None,
+                              param: str = "video.frames", fps_param: str = "video.fps") -> VideoFrames:
+        return await asyncio.to_thread(
+            video_from_images, images, num_frames=self.num_frames_for(options), fps=fps, limits=self.frame_limits,
+            param=param, fps_param=fps_param)
+
+    async def _video_of(self, request: ScoreRequest, prefix: str) -> bytes | Path | VideoFrames:
         src = request.video
         p = f"{prefix}video" if prefix else "video"
+        cap = self.settings.max_frames_bytes
+        if src.npy is not None:
+            data = await asyncio.to_thread(b64_bytes, src.npy, cap, param=f"{p}.npy")
+            return (await self.videos_of_npy(data, request.options, fps=src.fps, param=f"{p}.npy", fps_param=f"{p}.fps"))[0]
+        if src.frames is not None:
+            images = await asyncio.to_thread(_b64_frames, src.frames, cap, f"{p}.frames")
+            return await self.video_of_images(images, request.options, fps=src.fps, param=f"{p}.frames",
+                                              fps_param=f"{p}.fps")
         if src.path is not None:
             return await asyncio.to_thread(resolve_path, self.connector.policy, src.path, param=f"{p}.path")
         if src.url is not None:
@@ -248,10 +282,24 @@ class ScoringService:
         assert src.base64 is not None
         text = src.base64
         if len(text) > _OFFLOAD_JSON_BYTES:
-            return await asyncio.to_thread(decode_base64, text, self.settings.max_video_bytes, param=f"{p}.base64")
-        return decode_base64(text, self.settings.max_video_bytes, param=f"{p}.base64")
+            data = await asyncio.to_thread(decode_base64, text, max(self.settings.max_video_bytes, cap), param=f"{p}.base64")
+        else:
+            data = decode_base64(text, max(self.settings.max_video_bytes, cap), param=f"{p}.base64")
+        return await self._file_or_frames(data, request.options, param=f"{p}.base64")
 
-    async def _score_video(self, video: bytes | Path, prompt: str, options: ScoreOptions) -> ScoreResponse:
+    async def _file_or_frames(self, data: bytes, options: ScoreOptions, *, fps: float | None = None,
+                              param: str = "video") -> bytes | VideoFrames:
+        """Uploaded bytes: an .npy array is frames (sniffed by its magic), anything else a video file."""
+        if is_npy(data):
+            return (await self.videos_of_npy(data, options, fps=fps, param=param))[0]
+        if len(data) > self.settings.max_video_bytes:
+            raise VideoTooLarge(f"video is {len(data)} bytes, over the limit of {self.settings.max_video_bytes}",
+                                param=param)
+        if fps is not None:
+            raise ValidationFailed("'fps' goes with frames (.npy); a video file carries its own", param="fps")
+        return data
+
+    async def _score_video(self, video: bytes | Path | VideoFrames, prompt: str, options: ScoreOptions) -> ScoreResponse:
         if not self.ready:
             raise self.readiness_error()
         return await self._unless_engine_dies(self._admit_and_score(video, prompt, options))
@@ -273,7 +321,7 @@ class ScoringService:
         task.cancel()
         raise EngineDead(self.engine_dead or "the engine died")
 
-    async def _admit_and_score(self, video: bytes | Path, prompt: str, options: ScoreOptions) -> ScoreResponse:
+    async def _admit_and_score(self, video: bytes | Path | VideoFrames, prompt: str, options: ScoreOptions) -> ScoreResponse:
         queued_at = time.perf_counter()
         async with self.admission.engine_slot():
             queue_ms = (time.perf_counter() - queued_at) * 1000
@@ -308,9 +356,34 @@ class ScoringService:
         """One JSON score request, under the per-request deadline."""
         return await self._with_deadline(self._score_request(request, prefix=""))
 
-    async def score_upload(self, video: bytes, prompt: str, options: ScoreOptions) -> ScoreResponse:
-        """A multipart upload: the bytes are already here and already size-checked."""
-        return await self._with_deadline(self._timed(video, prompt, options, fetch_ms=0.0))
+    async def score_upload(self, video: bytes, prompt: str, options: ScoreOptions, *, fps: float | None = None) -> ScoreResponse:
+        """A multipart upload: the bytes are already here (capped); an .npy upload is frames."""
+        async def run() -> ScoreResponse:
+            t0 = time.perf_counter()
+            media = await self._file_or_frames(video, options, fps=fps)
+            return await self._timed(media, prompt, options, fetch_ms=(time.perf_counter() - t0) * 1000)
+
+        return await self._with_deadline(run())
+
+    async def score_many(self, items: list[tuple[bytes | Path | VideoFrames, str]], options: ScoreOptions,
+                         ) -> list[ScoreResponse | LiftError]:
+        """Many videos at once into the engine (vLLM batches them), each under the deadline; a failed item is its
+        error in its place. The adapters' one way in: the same path as /v1/score."""
+        if not self.ready:
+            raise self.readiness_error()
+        timeout = self.settings.request_timeout_s
+
+        async def one(i: int, video: bytes | Path | VideoFrames, prompt: str) -> ScoreResponse | LiftError:
+            try:
+                async with asyncio.timeout(timeout):
+                    return await self._timed(video, prompt, options, fetch_ms=0.0)
+            except TimeoutError:
+                return RequestTimeout(f"sample {i} took longer than {timeout:g}s (LIFT_REQUEST_TIMEOUT_S)")
+            except LiftError as exc:
+                self.metrics.rejected.labels(reason=exc.code).inc()
+                return exc
+
+        return list(await asyncio.gather(*(one(i, v, p) for i, (v, p) in enumerate(items))))
 
     async def _score_request(self, request: ScoreRequest, prefix: str) -> ScoreResponse:
         t0 = time.perf_counter()
@@ -318,7 +391,7 @@ class ScoringService:
         fetch_ms = (time.perf_counter() - t0) * 1000
         return await self._timed(video, request.prompt, request.options, fetch_ms=fetch_ms)
 
-    async def _timed(self, video: bytes | Path, prompt: str, options: ScoreOptions, *, fetch_ms: float) -> ScoreResponse:
+    async def _timed(self, video: bytes | Path | VideoFrames, prompt: str, options: ScoreOptions, *, fetch_ms: float) -> ScoreResponse:
         t0 = time.perf_counter()
         response = await self._score_video(video, prompt, options)
         response.timings_ms["fetch"] = round(fetch_ms, 3)
@@ -367,3 +440,14 @@ class ScoringService:
         self.metrics.rejected.labels(reason=exc.code).inc()
         return BatchItemError(error=error_detail(exc))
 
+
+
+def _b64_frames(frames: list[str], max_bytes: int, param: str) -> list[bytes]:
+    """base64 images -> bytes, the total capped as it goes (a frame list is one payload)."""
+    out: list[bytes] = []
+    left = max_bytes
+    for i, text in enumerate(frames):
+        raw = b64_bytes(text, max(left, 0), param=f"{param}.{i}")
+        left -= len(raw)
+        out.append(raw)
+    return out

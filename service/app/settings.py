@@ -57,11 +57,27 @@ class ServiceSettings(BaseSettings):
     request_timeout_s: float = Field(120.0, gt=0, description="Per-request deadline (fetch + wait + scoring): 504.")
     shutdown_timeout_s: float | None = Field(None, gt=0, description="Graceful-shutdown bound; default request_timeout_s + 10.")
 
+    max_frames_bytes: int = Field(128 * 1024 * 1024, ge=1, description="Largest frames payload accepted (.npy "
+                                  "or PNG/JPEG list, raw pixels are bigger than mp4; a batch counts whole).")
+
+    # Trainer adapters (issue 19): extra route sets over the same scoring path
+    adapters: Annotated[list[Literal["flow-factory", "cosmos-rl"]], NoDecode] = Field(
+        default_factory=list, description="Trainer route sets to serve: flow-factory (/compute), cosmos-rl "
+        "(/api/reward/enqueue, /api/reward/pull); comma-separated.")
+    adapter_reward: str = Field("reward", description="The number adapters return: reward, expected_reward, a "
+                                "dimension (its expected_score), DIM.score, or a weighted sum 'a=0.5,b=0.5'.")
+    latent_vae: Path | None = Field(None, description="diffusers AutoencoderKLWan folder that decodes "
+                                    "media_type=latent (Cosmos-RL); unset = latents refused.")
+    redis_url: SecretStr | None = Field(None, description="Redis for the async job store, shared by replicas; "
+                                        "unset = jobs kept in this process.")
+    jobs_max_pending: int = Field(256, ge=1, description="Unfinished async jobs at once; enqueue beyond: 429.")
+    jobs_ttl_s: float = Field(3600.0, gt=0, description="How long a finished job's result can be pulled.")
+
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description="Bearer keys for /v1/*; empty = auth off.")
     auth_ops_routes: bool = Field(False, description="Also require a key for /health, /ready, /metrics.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("url_allowlist", "api_keys", mode="before")
+    @field_validator("url_allowlist", "api_keys", "adapters", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -73,6 +89,18 @@ class ServiceSettings(BaseSettings):
             if not self.media_root.is_dir():
                 raise ValueError(f"LIFT_MEDIA_ROOT {self.media_root} is not a folder")
         self.demo_dir = self.demo_dir.expanduser()
+        from service.adapters.selection import RewardSelection
+        from service.errors import InvalidRequest
+
+        try:
+            RewardSelection.parse(self.adapter_reward)
+        except InvalidRequest as exc:
+            raise ValueError(f"LIFT_ADAPTER_REWARD: {exc.message}") from None
+        if self.latent_vae is not None:
+            self.latent_vae = self.latent_vae.expanduser()
+            if not (self.latent_vae / "config.json").is_file():
+                raise ValueError(f"LIFT_LATENT_VAE {self.latent_vae} is not a diffusers VAE folder (no config.json)")
+        self.adapters = list(dict.fromkeys(self.adapters))
         return self
 
     @property
@@ -81,8 +109,8 @@ class ServiceSettings(BaseSettings):
 
     @property
     def max_body_bytes(self) -> int:
-        """Largest request body: a base64 video of max_video_bytes plus room for the rest of the JSON."""
-        return (self.max_video_bytes + 2) // 3 * 4 + 1024 * 1024
+        """Largest request body: a base64 video (or frames) at its limit plus room for the rest of the JSON."""
+        return (max(self.max_video_bytes, self.max_frames_bytes) + 2) // 3 * 4 + 1024 * 1024
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for `Critic.from_pretrained` that shape the engine."""
@@ -94,6 +122,7 @@ class ServiceSettings(BaseSettings):
 
     def public_view(self) -> dict[str, Any]:
         """What may be printed or logged: everything but the keys themselves."""
-        out = self.model_dump(mode="json", exclude={"api_keys"})
+        out = self.model_dump(mode="json", exclude={"api_keys", "redis_url"})
         out["api_keys"] = f"{len(self.api_keys)} configured" if self.api_keys else "off"
+        out["redis_url"] = "configured" if self.redis_url is not None else "off"
         return out
