@@ -1,6 +1,7 @@
 """The production engine: vLLM's in-process AsyncLLM (continuous batching, prefix caching).
 
-Per video, two rounds of requests go in concurrently:
+Per video, one request first (it computes the prefix the three questions share), then two rounds, each
+dimension's concurrently:
 1. label scoring: for each question, one 1-token request per distinct label prefix asking for the
    unconstrained log-probs of exactly the label tokens (`logprob_token_ids`), so a label the tokenizer splits
    into several tokens is scored as its whole sequence;
@@ -127,18 +128,34 @@ class VLLMEngine:
         if not self.ready:
             raise EngineNotReady("the vLLM engine is not running")
         prompts = {d: self.family.vllm_prompt(query.caption, d, query.video) for d in query.dimensions}
-        return list(await asyncio.gather(*(self._answer(d, p, query.sampling) for d, p in prompts.items())))
+        dims = list(prompts)
+        # vLLM's prefix cache serves only requests scheduled after the one that computed the blocks: sent all at
+        # once (and under load, with other videos' requests) every request about this video would compute its
+        # frames again. So one request goes first and computes the long shared prefix (system, frames, caption);
+        # the others then prefill only their question and label tails.
+        first = await self._run(prompts[dims[0]], [], self._label_params(()))
+        return list(await asyncio.gather(*(
+            self._answer(d, prompts[d], query.sampling, known={(): first} if i == 0 else None)
+            for i, d in enumerate(dims))))
 
-    async def _answer(self, dimension: str, prompt: PromptInputs, sampling: SamplingOptions) -> DimensionAnswer:
+    def _label_params(self, prefix: tuple[int, ...]) -> Any:
+        """One step, the unconstrained log-probs of exactly the tokens that extend `prefix` towards a label."""
+        from vllm import SamplingParams
+
+        return SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=sorted(self._prefixes[prefix]),
+                              detokenize=False)
+
+    async def _answer(self, dimension: str, prompt: PromptInputs, sampling: SamplingOptions,
+                      known: dict[tuple[int, ...], Any] | None = None) -> DimensionAnswer:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
+        known = known or {}
         prefixes = list(self._prefixes)
-        outs = await asyncio.gather(*(
-            self._run(prompt, list(prefix), SamplingParams(
-                max_tokens=1, temperature=0.0, logprob_token_ids=sorted(self._prefixes[prefix]), detokenize=False))
-            for prefix in prefixes
-        ))
+        missing = [prefix for prefix in prefixes if prefix not in known]
+        ran = await asyncio.gather(*(self._run(prompt, list(prefix), self._label_params(prefix)) for prefix in missing))
+        by_prefix = {**known, **dict(zip(missing, ran))}
+        outs = [by_prefix[prefix] for prefix in prefixes]
         logprobs = {}
         for prefix, out in zip(prefixes, outs):
             step = out.outputs[0].logprobs[0]
