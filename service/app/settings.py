@@ -57,8 +57,9 @@ class ServiceSettings(BaseSettings):
     request_timeout_s: float = Field(120.0, gt=0, description="Per-request deadline (fetch + wait + scoring): 504.")
     shutdown_timeout_s: float | None = Field(None, gt=0, description="Graceful-shutdown bound; default request_timeout_s + 10.")
 
-    max_frames_bytes: int = Field(128 * 1024 * 1024, ge=1, description="Largest frames payload accepted (.npy "
-                                  "or PNG/JPEG list, raw pixels are bigger than mp4; a batch counts whole).")
+    max_frames_bytes: int | None = Field(None, ge=1, description="Largest frames payload accepted (.npy or "
+                                         "PNG/JPEG list; a batch counts whole); default = max_video_bytes. Raw "
+                                         "pixels are bigger than mp4: raise it for long or large videos.")
 
     # Trainer adapters (issue 19): extra route sets over the same scoring path
     adapters: Annotated[list[Literal["flow-factory", "cosmos-rl"]], NoDecode] = Field(
@@ -89,6 +90,8 @@ class ServiceSettings(BaseSettings):
             if not self.media_root.is_dir():
                 raise ValueError(f"LIFT_MEDIA_ROOT {self.media_root} is not a folder")
         self.demo_dir = self.demo_dir.expanduser()
+        if self.max_frames_bytes is None:
+            self.max_frames_bytes = self.max_video_bytes
         from service.adapters.selection import RewardSelection
         from service.errors import InvalidRequest
 
@@ -110,7 +113,7 @@ class ServiceSettings(BaseSettings):
     @property
     def max_body_bytes(self) -> int:
         """Largest request body: a base64 video (or frames) at its limit plus room for the rest of the JSON."""
-        return (max(self.max_video_bytes, self.max_frames_bytes) + 2) // 3 * 4 + 1024 * 1024
+        return (max(self.max_video_bytes, self.max_frames_bytes or 0) + 2) // 3 * 4 + 1024 * 1024
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for `Critic.from_pretrained` that shape the engine."""

@@ -103,10 +103,16 @@ def test_broken_frames_are_4xx_naming_the_field(live_server: str, real_frames: d
         assert r.status_code == status, r.text
         err = r.json()["error"]
         assert err["param"] == param and words in err["message"], err
-    big = np.zeros((1, 3100, 3100, 3), np.uint8)  # over the pixel limit (4096x2304): refused on the header
-    r = httpx.post(f"{live_server}/v1/score", files={"video": ("f.npy", npy_bytes(big), "application/x-npy")},
+    # A header declaring 3100x3100 frames (over the 4096x2304 pixel limit) on a 3-byte body: refused on the
+    # header, before the body is even checked against it.
+    fake = npy_bytes(np.zeros((1, 1, 1, 3), np.uint8)).replace(b"(1, 1, 1, 3)", b"(1, 3100, 3100, 3)")
+    r = httpx.post(f"{live_server}/v1/score", files={"video": ("f.npy", fake, "application/x-npy")},
                    data={"prompt": "x"}, timeout=60)
     assert r.status_code == 413 and "pixels" in r.json()["error"]["message"], r.text
+    big = np.zeros((40, 96, 128, 3), np.uint8)  # 1.5 MB... x2: over the server's LIFT_MAX_FRAMES_BYTES (2 MiB here)
+    r = httpx.post(f"{live_server}/v1/score", files={"video": ("f.npy", npy_bytes(np.concatenate([big, big])),
+                                                               "application/x-npy")}, data={"prompt": "x"}, timeout=60)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "video_too_large", r.text
 
 
 def test_reward_functions_take_numpy_and_torch_frames(live_server: str, real_frames: dict[str, np.ndarray]) -> None:
