@@ -185,9 +185,12 @@ class CosmosRLAdapter:
                                            "enqueue it again"))
             raise
         except TimeoutError:
+            log.warning("reward job %s failed: timeout after %.0fs", job_id, run_timeout)
             await _quietly(self.store.fail(job_id, "timeout", f"the job took longer than {run_timeout:.0f}s"))
         except LiftError as exc:
             where = f" ({exc.param})" if exc.param else ""
+            # Cosmos-RL's trainer logs only the 422 status of a failed pull: say why here, for whoever reads ours
+            log.warning("reward job %s failed: %s: %s%s", job_id, exc.code, exc.message, where)
             await _quietly(self.store.fail(job_id, exc.code, f"{exc.message}{where}"))
         except Exception as exc:  # noqa: BLE001 - a bug must still end the job as failed, not pending forever
             log.exception("reward job %s crashed", job_id)
