@@ -19,6 +19,7 @@ import base64
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import socket
@@ -365,6 +366,14 @@ def video_made_in_image(runner: "Runner") -> tuple[str, bytes]:
     return "moving_square.mp4", base64.b64decode(made.stdout)
 
 
+def failure_line(stderr: str) -> str:
+    """The command's own last error line, not the trailer `buildah run` adds ("subprocess exited with status 1",
+    "Error: exit status 1")."""
+    trailer = re.compile(r"^(subprocess exited with status \d+|Error: exit status \d+)$")
+    lines = [l for l in stderr.strip().splitlines() if l.strip() and not trailer.match(l.strip())]
+    return lines[-1] if lines else (stderr.strip() or "?")
+
+
 def healthcheck_argv(config: dict) -> list[str]:
     test = (config.get("Healthcheck") or {}).get("Test") or []
     if not test or test[0] == "NONE":
@@ -473,7 +482,7 @@ def run_check(runner: Runner, video: Path | None, base: str) -> str:
         # None: the container is gone with its server (docker/podman): Docker marks it exited, not healthy.
         if hc is None or hc.returncode != 0:
             hc_failed_at = time.monotonic()
-            why = "the container had exited" if hc is None else (hc.stderr.strip().splitlines() or ["?"])[-1]
+            why = "the container had exited" if hc is None else failure_line(hc.stderr)
             break
         time.sleep(0.3)
     if hc_failed_at is None:

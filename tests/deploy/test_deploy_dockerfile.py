@@ -282,3 +282,9 @@ def test_image_check_reads_the_image_s_own_healthcheck() -> None:
     assert mod.healthcheck_argv({"Healthcheck": {"Test": ["CMD-SHELL", "exit 1"]}}) == ["/bin/sh", "-c", "exit 1"]
     with pytest.raises(mod.CheckFailed, match="no HEALTHCHECK"):
         mod.healthcheck_argv({})  # an OCI-format build drops it: the check says so instead of passing
+    # Why the healthcheck failed is the command's own last line, not the trailer `buildah run` adds.
+    stderr = ("Traceback (most recent call last):\n  ...\nurllib.error.URLError: <urlopen error [Errno 111] "
+              "Connection refused>\nsubprocess exited with status 1\nsubprocess exited with status 1\n"
+              "Error: exit status 1\n")
+    assert mod.failure_line(stderr).startswith("urllib.error.URLError")
+    assert mod.failure_line("Error: exit status 1\n") == "Error: exit status 1"
