@@ -27,6 +27,7 @@ class LatentDecoder:
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
         self._vae: Any = None
+        self._device = "cpu"
         self._lock = threading.Lock()
 
     @property
@@ -45,7 +46,9 @@ class LatentDecoder:
             from diffusers import AutoencoderKLWan
 
             vae = AutoencoderKLWan.from_pretrained(str(self.folder), torch_dtype=torch.float32)
-            self._vae = vae.eval().requires_grad_(False)
+            # On a GPU host the VAE runs there (a real Wan2.1 decode is minutes per video on a CPU).
+            self._device = "cuda" if torch.cuda.is_available() else "cpu"
+            self._vae = vae.to(self._device).eval().requires_grad_(False)
         return self._vae
 
     @staticmethod
@@ -85,6 +88,7 @@ class LatentDecoder:
             with torch.inference_mode():
                 for i in range(latents.shape[0]):
                     z = torch.from_numpy(np.ascontiguousarray(latents[i : i + 1])).float() * std + mean
+                    z = z.to(self._device)
                     try:
                         video = vae.decode(z).sample  # (1, 3, T, H, W) in [-1, 1]
                     except (RuntimeError, ValueError) as exc:
@@ -93,7 +97,7 @@ class LatentDecoder:
                     if not torch.isfinite(video).all():
                         raise InvalidVideo(f"sample {i} decoded to NaN or infinite pixels", param="latents")
                     frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-                    out.append(frames[0].permute(1, 2, 3, 0).numpy())  # (T, H, W, 3)
+                    out.append(frames[0].permute(1, 2, 3, 0).cpu().numpy())  # (T, H, W, 3)
         return np.stack(out)
 
 

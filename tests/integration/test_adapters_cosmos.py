@@ -199,6 +199,7 @@ def test_latents_without_a_vae_are_refused_naming_the_setting(serve_app: Callabl
         assert r.status_code == 422 and "LIFT_LATENT_VAE" in r.json()["error"]["message"], r.text
 
 
+@pytest.mark.slow
 def test_enqueue_flood_past_the_bound_is_429_and_nothing_is_lost(serve_app: Callable[..., AbstractContextManager[str]],
                                                                  clips: np.ndarray) -> None:
     many = np.concatenate([clips] * 4)  # 8 samples a job: the engine holds each job for a while
@@ -350,6 +351,7 @@ print(json.dumps({"uuid": uuid, "rewards": rewards.tolist()}))
 '''
 
 
+@pytest.mark.slow  # importing cosmos_rl (it imports vLLM and its model zoo) is most of its time
 def test_cosmos_rl_own_client_drives_our_server(cosmos_server: str, clips: np.ndarray, tiny_wan_vae: Path,
                                                 tmp_path: Path) -> None:
     np.save(tmp_path / "clips.npy", clips, allow_pickle=False)

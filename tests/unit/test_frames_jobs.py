@@ -107,3 +107,20 @@ def test_client_frames_to_npy_layouts_and_dtypes() -> None:
         split_batch(v)
     with pytest.raises(InvalidRequest):
         frames_to_npy(np.zeros((5, 6, 8, 4), np.uint8))
+
+
+def test_lift_serve_adapter_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clients.cli import build_parser
+    from service.app.settings import ServiceSettings
+    from service.cli import _settings_from
+
+    args = build_parser().parse_args(["serve", "--adapter", "flow-factory", "--adapter", "cosmos-rl"])
+    assert _settings_from(args).adapters == ["flow-factory", "cosmos-rl"]
+    monkeypatch.setenv("LIFT_ADAPTERS", "cosmos-rl")
+    assert ServiceSettings().adapters == ["cosmos-rl"]
+    assert _settings_from(build_parser().parse_args(["serve"])).adapters == ["cosmos-rl"]  # flag unset: env
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--adapter", "verl-omni"])
+    monkeypatch.setenv("LIFT_ADAPTERS", "verl-omni")
+    with pytest.raises(ValueError):
+        ServiceSettings()
