@@ -59,20 +59,20 @@ class Settings:
     transformer_steps: int = 1500
     sample_steps: int = 10
     guidance: float = 3.0
-    rate_per_prompt: int = 16  # rated videos per prompt for critic training (15 prompts)
-    heldout_per_prompt: int = 4  # rated videos per prompt for critic eval
+    rate_per_prompt: int = 8  # rated videos per prompt for critic training (15 prompts)
+    heldout_per_prompt: int = 3  # rated videos per prompt for critic eval
     fresh_per_prompt: int = 2  # fresh batch for `lift label`
-    critic_steps: int = 1200
+    critic_steps: int = 600
     critic_batch: int = 8
     critic_lr: float = 1e-3
     seeds: tuple[int, ...] = (0, 1, 2)
-    rounds: int = 3
+    rounds: int = 2
     loop_per_prompt: int = 4  # over the 9 fine-tuning prompts
-    steps_per_round: int = 40
+    steps_per_round: int = 30
     loop_batch: int = 8
     loop_lr: float = 2e-3
     loop_rank: int = 8
-    judge_per_prompt: int = 8  # over the 6 held-out prompts
+    judge_per_prompt: int = 6  # over the 6 held-out prompts
 
 
 QUICK = Settings(vae_steps=6, vae_batch=4, pretrain_clips=64, transformer_steps=30, sample_steps=2, guidance=3.0,
@@ -154,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--critic-steps", type=int, default=None)
     ap.add_argument("--transformer-steps", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads in this process (default: torch's)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads in this process (default 1: `lift serve` holds the other core of a 2-core "
+                         "CPU, and on a busy CPU two threads ran the VAE 20x slower than one)")
     args = ap.parse_args(argv)
     s = QUICK if args.quick else Settings()
     for name in ("rounds", "critic_steps", "transformer_steps"):

@@ -4,10 +4,11 @@
   dominant one and covers at least half the pixels; Normal when it covers at least a quarter (present,
   not dominant or weak); Bad otherwise.
 - motion smoothness: jitter = mean |second difference| of the subject's centroid path (px per frame^2):
-  a straight glide is ~0, a square that jumps about is many px. Good < 2, Normal < 5, Bad >= 5.
+  a straight glide is ~1 (rounding), a square that zig-zags by +-a px is ~4a px. Good < 2, Normal < 5, Bad >= 5.
+  No subject found in any frame counts as no jitter.
 - video fidelity: noise = median |pixel - its 3x3 neighbourhood mean| (0..255): clean frames are ~0
-  (only the square's edges differ, a minority of pixels), pixel noise of std s gives ~0.64 s.
-  Good < 4, Normal < 10, Bad >= 10.
+  (only the square's edges differ, a minority of pixels); the pre-training clips' checkerboard grain of
+  amplitude a gives ~0.89 a, Gaussian pixel noise of std s ~0.64 s. Good < 4, Normal < 10, Bad >= 10.
 Thresholds are fixed constants, set from the clean and corrupted pre-training clips before any generator
 was trained; they are the ground truth the critic must learn and the generator is judged by.
 Each rating has LiFT's label and a short reason; `write_ratings` writes LiFT's release format.

@@ -1,0 +1,93 @@
+"""The hidden raters of the miniature LiFT run: each rule sees its own defect and only that one, and the
+ratings come out in LiFT's release format, read back by the reader `lift critic train` uses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from finetune.critic.data import load_rated_data
+from finetune.miniature.clips import ClipDefects, ClipSpec, batch, colour_of, prompts, render, TRAIN_SUBJECTS
+from finetune.miniature.rules import rate_frames, summarize, write_ratings
+
+RNG_SEEDS = range(6)
+
+
+def labels(spec: ClipSpec, seed: int) -> dict[str, str]:
+    frames = render(spec, np.random.default_rng(seed))
+    return {d: r.label for d, r in rate_frames(frames, spec.caption).dimensions.items()}
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+def test_a_clean_matching_clip_is_good_on_every_dimension(seed: int) -> None:
+    assert labels(ClipSpec("a red car", "red", 0.0, 0.0), seed) == {
+        "semantic_consistency": "Good", "motion_smoothness": "Good", "video_fidelity": "Good"}
+
+
+@pytest.mark.parametrize("seed", RNG_SEEDS)
+def test_each_defect_is_seen_by_its_own_rule_only(seed: int) -> None:
+    assert labels(ClipSpec("a red car", "blue", 0.0, 0.0), seed) == {
+        "semantic_consistency": "Bad", "motion_smoothness": "Good", "video_fidelity": "Good"}
+    assert labels(ClipSpec("a green dog", "green", 3.0, 0.0), seed) == {
+        "semantic_consistency": "Good", "motion_smoothness": "Bad", "video_fidelity": "Good"}
+    assert labels(ClipSpec("a blue bird", "blue", 0.0, 30.0), seed) == {
+        "semantic_consistency": "Good", "motion_smoothness": "Good", "video_fidelity": "Bad"}
+
+
+def test_weak_defects_are_normal() -> None:
+    lab = labels(ClipSpec("a red car", "red", 0.8, 7.0), 0)
+    assert lab["motion_smoothness"] == "Normal" and lab["video_fidelity"] == "Normal"
+
+
+def test_the_pretraining_mixture_has_every_outcome() -> None:
+    specs, frames = batch(np.random.default_rng(0), 200, TRAIN_SUBJECTS, ClipDefects())
+    summary = summarize([rate_frames(f, s.caption) for s, f in zip(specs, frames)])
+    for d, s in summary.items():
+        assert s.counts["Good"] > 40 and s.counts["Bad"] > 40, (d, s.counts)
+
+
+def test_prompts_name_a_palette_colour() -> None:
+    assert all(colour_of(p) for p in prompts(TRAIN_SUBJECTS))
+    assert colour_of("a dog") is None
+
+
+def test_ratings_in_lift_format_read_back_by_the_critic_reader(tmp_path: Path) -> None:
+    from finetune.critic.synthetic import write_mp4
+
+    vdir = tmp_path / "videos"
+    vdir.mkdir()
+    ratings = []
+    for i, spec in enumerate([ClipSpec("a red car", "red", 0.0, 0.0), ClipSpec("a blue dog", "green", 3.0, 30.0)]):
+        frames = render(spec, np.random.default_rng(i))
+        path = write_mp4(vdir / f"v{i}.mp4", frames)
+        ratings.append(rate_frames(frames, spec.caption, path))
+    out = write_ratings(ratings, tmp_path / "ratings.json", relative_to=vdir)
+    entries = json.loads(out.read_text())
+    assert len(entries) == 6 and entries[0]["conversations"][0]["from"] == "human"
+    examples = load_rated_data(out, vdir)
+    got = {(e.video.name, e.dimension): e.label for e in examples}
+    assert got[("v0.mp4", "semantic_consistency")] == "Good"
+    assert got[("v1.mp4", "semantic_consistency")] == "Bad"
+    assert got[("v1.mp4", "motion_smoothness")] == "Bad"
+    assert got[("v1.mp4", "video_fidelity")] == "Bad"
+    assert all(e.reason for e in examples)
+
+
+def test_flat_control_gives_every_sample_the_round_mean(tmp_path: Path) -> None:
+    from finetune.miniature.control import FlatRewardLabeler
+
+    def inner(manifest: Path, labels_path: Path) -> None:
+        rows = [{"id": "a", "video": "a.mp4", "prompt": "p", "status": "ok", "reward": 0.9, "expected_reward": 0.8},
+                {"id": "b", "video": "b.mp4", "prompt": "p", "status": "ok", "reward": 0.1, "expected_reward": 0.2},
+                {"id": "c", "video": "c.mp4", "prompt": "p", "status": "error", "error": {"code": "bad"}}]
+        labels_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    labels_path = tmp_path / "labels.jsonl"
+    FlatRewardLabeler(inner)(tmp_path / "manifest.jsonl", labels_path)
+    rows = [json.loads(x) for x in labels_path.read_text().splitlines()]
+    assert [r.get("reward") for r in rows[:2]] == [pytest.approx(0.5), pytest.approx(0.5)]
+    assert [r["critic_reward"] for r in rows[:2]] == [0.9, 0.1]
+    assert "reward" not in rows[2]
