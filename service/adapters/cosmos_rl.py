@@ -249,7 +249,10 @@ class CosmosRLAdapter:
     def _routes(self) -> APIRouter:
         router = APIRouter(tags=["cosmos-rl"])
 
-        @router.post("/api/reward/enqueue", summary="Cosmos-RL: enqueue '<JSON header>\\n<.npy>' -> {uuid}")
+        @router.post("/api/reward/enqueue", summary="Cosmos-RL: enqueue '<JSON header>\\n<.npy>' -> {uuid}",
+                     openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
+                         "schema": {"type": "string", "format": "binary", "description": "A JSON header line "
+                                    "(prompts, reward_fn, media_type, video_infos), a newline, .npy bytes."}}}}})
         async def enqueue(request: Request) -> Response:
             async with self.service.admission.admit():
                 media = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -257,7 +260,11 @@ class CosmosRLAdapter:
                     raise UnsupportedMedia(f"Content-Type {media!r}: send application/octet-stream")
                 return JSONResponse(await self.enqueue(await request.body()))
 
-        @router.post("/api/reward/pull", summary="Cosmos-RL: pull a job's scores (400 while pending)")
+        @router.post("/api/reward/pull", summary="Cosmos-RL: pull a job's scores (400 while pending)",
+                     openapi_extra={"requestBody": {"required": True, "content": {
+                         "application/x-www-form-urlencoded": {"schema": {
+                             "type": "object", "required": ["uuid"],
+                             "properties": {"uuid": {"type": "string"}, "type": {"type": "string"}}}}}}})
         async def pull(request: Request) -> Response:
             job_id, kind = await _pull_fields(request)
             return JSONResponse(await self.pull(job_id, kind))

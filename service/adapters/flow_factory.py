@@ -117,13 +117,26 @@ class FlowFactoryAdapter:
         router = APIRouter(tags=["flow-factory"])
         service = self.service
 
-        @router.post("/compute", summary="Flow-Factory remote reward: {prompt, video} -> {rewards}")
+        @router.post("/compute", summary="Flow-Factory remote reward: {prompt, video} -> {rewards}",
+                     openapi_extra=_COMPUTE_BODY)
         async def compute(request: Request) -> Response:
             async with service.admission.admit():
                 data = await _read_json(request)
                 return JSONResponse(await self.compute(data))
 
         return router
+
+
+_COMPUTE_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["prompt", "video"],
+    "properties": {
+        "prompt": {"type": "array", "items": {"type": "string"}, "description": "One prompt per video."},
+        "video": {"type": "array", "items": {"type": "array", "items": {"type": "string"}},
+                  "description": "Each video: its frames as base64 PNG or JPEG images, in order."},
+        "kwargs": {"type": "object", "nullable": True,
+                   "description": "Optional: reward (another LIFT_ADAPTER_REWARD for this call), fps (default 8)."},
+        "image": {"nullable": True}, "condition_images": {"nullable": True}, "condition_videos": {"nullable": True},
+    }}}}}}
 
 
 def _b64_all(frames: list[str], max_bytes: int, param: str) -> list[bytes]:

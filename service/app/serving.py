@@ -371,7 +371,9 @@ class ScoringService:
         error in its place. The adapters' one way in: the same path as /v1/score."""
         if not self.ready:
             raise self.readiness_error()
-        timeout = self.settings.request_timeout_s
+        # Items past the first max_inflight wait for engine slots: each wave gets the per-request deadline.
+        waves = -(-len(items) // max(1, self.settings.max_inflight))
+        timeout = self.settings.request_timeout_s * max(1, waves)
 
         async def one(i: int, video: bytes | Path | VideoFrames, prompt: str) -> ScoreResponse | LiftError:
             try:
