@@ -75,9 +75,12 @@ def _full(max_pending: int, retry_after_s: float) -> Overloaded:
 class MemoryJobStore:
     """Jobs in this process's memory (one event loop: no locks needed)."""
 
-    def __init__(self, max_pending: int = 256, ttl_s: float = 3600.0, *, clock: Any = time.time) -> None:
+    def __init__(self, max_pending: int = 256, ttl_s: float = 3600.0, *, max_stored: int | None = None,
+                 clock: Any = time.time) -> None:
         self.max_pending = max_pending
         self.ttl_s = ttl_s
+        # Finished results stay until they expire; this bounds the memory they hold (refuse, never evict).
+        self.max_stored = max_stored if max_stored is not None else 16 * max_pending
         self._clock = clock
         self._jobs: dict[str, Job] = {}
 
@@ -97,6 +100,9 @@ class MemoryJobStore:
     async def create(self, info: dict[str, Any], *, run_timeout_s: float) -> Job:
         if await self.pending() >= self.max_pending:
             raise _full(self.max_pending, max(1.0, run_timeout_s / 4))
+        if len(self._jobs) >= self.max_stored:
+            raise Overloaded(f"{len(self._jobs)} job results are held until they expire (LIFT_JOBS_TTL_S="
+                             f"{self.ttl_s:g}s); retry later", retry_after_s=max(1.0, min(self.ttl_s, 60.0)))
         now = self._clock()
         job = Job(uuid.uuid4().hex, "pending", now, now + run_timeout_s, info)
         self._jobs[job.id] = job

@@ -49,6 +49,22 @@ def test_memory_store_bound_states_and_expiry() -> None:
     asyncio.run(run())
 
 
+def test_memory_store_refuses_rather_than_evicts_held_results() -> None:
+    clock = Clock()
+    store = MemoryJobStore(max_pending=2, ttl_s=10, max_stored=3, clock=clock)
+
+    async def run() -> None:
+        for i in range(3):
+            job = await store.create({}, run_timeout_s=60)
+            await store.finish(job.id, {"scores": {"reward": [i]}})
+        with pytest.raises(Overloaded, match="held until they expire"):
+            await store.create({}, run_timeout_s=60)
+        clock.now += 11
+        await store.create({}, run_timeout_s=60)  # expired results made room
+
+    asyncio.run(run())
+
+
 def test_an_abandoned_job_reads_as_failed_and_frees_its_slot() -> None:
     clock = Clock()
     store = MemoryJobStore(max_pending=1, ttl_s=10, clock=clock)
