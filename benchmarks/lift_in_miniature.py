@@ -154,12 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--critic-steps", type=int, default=None)
     ap.add_argument("--transformer-steps", type=int, default=None)
+    ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance when sampling (default 3)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads in this process (default 1: `lift serve` holds the other core of a 2-core "
                          "CPU, and on a busy CPU two threads ran the VAE 20x slower than one)")
     args = ap.parse_args(argv)
     s = QUICK if args.quick else Settings()
-    for name in ("rounds", "critic_steps", "transformer_steps"):
+    for name in ("rounds", "critic_steps", "transformer_steps", "guidance"):
         if getattr(args, name) is not None:
             s = replace(s, **{name: getattr(args, name)})
     if args.seeds:
@@ -313,6 +314,9 @@ def report(out: Path, s: Settings, pre, train_ratings, heldout_ratings, loops: d
                  + f" | {statistics.mean(acc):.1f} |")
     lines.append("| chance: always the most frequent label | " + " | ".join(f"{m:.1f}" for m in majority)
                  + f" | {statistics.mean(majority):.1f} |")
+    aucs = [report_json["dimensions"][d].get("auc") for d in dims]
+    lines.append("| AUC of expected_score vs the rule's label order (0.5 = no ranking) | "
+                 + " | ".join("-" if a is None else f"{a:.3f}" for a in aucs) + " | |")
     critic_accuracy = 100 * report_json["mean_accuracy"]
     lines.append("")
     if (out / "critic_eval" / "confusion.png").is_file():
