@@ -19,7 +19,8 @@ from service.rubric import DIMENSION_NAMES, LABELS
 DEFAULT_MAX_REASON_TOKENS = 64
 # Bounded rationale: printable characters only (random or confused models otherwise emit control bytes).
 REASON_CHARS = r"[^\x00-\x1f\x7f]"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\ufffd]+")
+REASON_UNPRINTABLE = r"[\x00-\x1f\x7f\ufffd]"  # what a reason never contains (control bytes, broken UTF-8)
+_CONTROL = re.compile(REASON_UNPRINTABLE + "+")
 
 
 @dataclass(frozen=True)

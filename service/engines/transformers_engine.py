@@ -92,12 +92,13 @@ class TransformersEngine:
 
         prefix_text = self.family.reason_prefix_text()
         tokenizer = getattr(self.family, "tokenizer")
-        # Forced ". " (what the vLLM engine's grammar forces), then free generation of the reason.
+        # Forced ". " (the vLLM engine appends the same tokens), then free generation of the reason.
         forced = label_ids + tokenizer(prefix_text, add_special_tokens=False).input_ids
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         extended = _extend(inputs, forced)
-        out = self.model.generate(**extended, max_new_tokens=sampling.max_reason_tokens,
+        # min 1 new token: a reason is never empty (both engines)
+        out = self.model.generate(**extended, max_new_tokens=sampling.max_reason_tokens, min_new_tokens=1,
                                   do_sample=sampling.temperature > 0,
                                   temperature=sampling.temperature if sampling.temperature > 0 else None,
                                   top_p=None, top_k=None)

@@ -5,8 +5,10 @@ dimension's concurrently:
 1. label scoring: for each question, one 1-token request per distinct label prefix asking for the
    unconstrained log-probs of exactly the label tokens (`logprob_token_ids`), so a label the tokenizer splits
    into several tokens is scored as its whole sequence;
-2. the answer: the chosen label is appended to the prompt and a grammar forces `. ` and a bounded reason, so
-   every answer parses as `<Label>. <reason>`.
+2. the answer: the chosen label and `. ` are appended to the prompt (as the transformers engine does) and the
+   reason is generated over printable tokens only (a static mask: `allowed_token_ids`), at least one token, at
+   most max_reason_tokens: every answer is `<Label>. <reason>`. (The grammar that forced the same format cost
+   ~30 % of this round on CPU.)
 The frames are decoded once; all requests about one video share its prefix (system + frames + caption), which
 vLLM's prefix cache serves after the first computes it.
 """
@@ -16,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
 
 from service.engines.base import (
-    REASON_CHARS,
+    REASON_UNPRINTABLE,
     CriticQuery,
     DimensionAnswer,
     SamplingOptions,
@@ -33,6 +36,7 @@ from service.errors import EngineDead, EngineError, EngineNotReady, EngineStartE
 from service.families.base import CriticFamily, PromptInputs, label_prefixes, sequence_probabilities
 
 log = logging.getLogger("lift.engine")
+_UNPRINTABLE = re.compile(REASON_UNPRINTABLE)
 
 
 class VLLMEngine:
@@ -63,7 +67,6 @@ class VLLMEngine:
             # sampling is decided per request here, not by the checkpoint's generation_config.json
             generation_config="vllm",
             limit_mm_per_prompt=getattr(family, "mm_limits", lambda n: {"video": 1, "image": 0})(max_num_frames),
-            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
         )
         if block_size is not None:
             self._args["block_size"] = block_size
@@ -78,6 +81,8 @@ class VLLMEngine:
         self._engine: Any = None
         self._label_ids: dict[str, list[int]] = {}
         self._prefixes: dict[tuple[int, ...], set[int]] = {}
+        self._reason_prefix_ids: list[int] = []
+        self._reason_token_ids: list[int] = []
 
     @property
     def ready(self) -> bool:
@@ -100,6 +105,9 @@ class VLLMEngine:
 
         self._label_ids = self.family.label_token_ids()
         self._prefixes = label_prefixes(self._label_ids)
+        tokenizer = self.family.tokenizer  # type: ignore[attr-defined]
+        self._reason_prefix_ids = list(tokenizer(self.family.reason_prefix_text(), add_special_tokens=False).input_ids)
+        self._reason_token_ids = printable_token_ids(tokenizer)
         self.memory_plan = plan_kv_cache(
             self.model_dir, on_cpu=_is_cpu(), max_model_len=self._args["max_model_len"],
             max_num_seqs=self._args["max_num_seqs"], dtype=self._args["dtype"], kv_cache_gb=self._kv_cache_gb,
@@ -148,7 +156,6 @@ class VLLMEngine:
     async def _answer(self, dimension: str, prompt: PromptInputs, sampling: SamplingOptions,
                       known: dict[tuple[int, ...], Any] | None = None) -> DimensionAnswer:
         from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
 
         known = known or {}
         prefixes = list(self._prefixes)
@@ -163,14 +170,10 @@ class VLLMEngine:
         probabilities = sequence_probabilities(self._label_ids, logprobs)
         label = select_label(probabilities, sampling, dimension)
 
-        reason_prefix = self.family.reason_prefix_text()
-        max_chars = 8 * sampling.max_reason_tokens
-        regex = _regex_escape(reason_prefix) + REASON_CHARS + "{0," + str(max_chars) + "}"
-        out = await self._run(prompt, self._label_ids[label], SamplingParams(
-            max_tokens=sampling.max_reason_tokens, temperature=sampling.temperature, seed=sampling.seed,
-            structured_outputs=StructuredOutputsParams(regex=regex)))
-        generated = out.outputs[0].text
-        reason = clean_reason(generated[len(reason_prefix):] if generated.startswith(reason_prefix) else generated)
+        out = await self._run(prompt, self._label_ids[label] + self._reason_prefix_ids, SamplingParams(
+            max_tokens=sampling.max_reason_tokens, min_tokens=1, temperature=sampling.temperature, seed=sampling.seed,
+            allowed_token_ids=self._reason_token_ids))
+        reason = clean_reason(out.outputs[0].text)
         cached = [o.num_cached_tokens or 0 for o in outs] + [out.num_cached_tokens or 0]
         return DimensionAnswer(
             dimension=dimension, label=label, probabilities=probabilities, text=f"{label}. {reason}".rstrip(),
@@ -199,10 +202,15 @@ class VLLMEngine:
         return final
 
 
-def _regex_escape(text: str) -> str:
-    import re
-
-    return re.escape(text).replace("\\ ", " ")
+def printable_token_ids(tokenizer: Any) -> list[int]:
+    """Tokens a reason may use: those that decode to printable text (no control bytes, no broken UTF-8, no
+    special tokens), plus end-of-sequence so that a reason can end before its bound."""
+    special = set(tokenizer.all_special_ids)
+    allowed = [i for i in range(len(tokenizer)) if i not in special
+               and (text := tokenizer.decode([i])) and not _UNPRINTABLE.search(text)]
+    if tokenizer.eos_token_id is not None:
+        allowed.append(int(tokenizer.eos_token_id))
+    return allowed
 
 
 def _is_cpu() -> bool:

@@ -214,7 +214,7 @@ def test_three_questions_share_the_frames_prefix(vila_runtime: LoopThread, real_
     cached = [c for a in answers for c in a.extra["cached_tokens_all"]]
     # system prompt + 8 frames x tokens_per_image (tiny 13B 25, tiny 40B 16) + caption: computed once, reused
     assert max(cached) >= 8 * critic.engine.family.tokens_per_image, cached
-    assert all(a.text.startswith(f"{a.label}. ") for a in answers)
+    assert all(a.text.startswith(f"{a.label}. ") for a in answers), [a.text for a in answers]
 
 
 def test_scoring_api_end_to_end(vila_runtime: LoopThread, sample_videos: dict[str, Path], size: str) -> None:

@@ -1,0 +1,171 @@
+"""Where a score's time goes on the vLLM path: each part measured on its own, same critic, same videos.
+
+    .venv/bin/python benchmarks/profile_vllm_path.py [--preset realistic] [--videos 32] [--concurrency 32]
+
+Builds the critic (`lift make-tiny-critic --preset ...`, qwen2_vl) unless --model, makes real H.264 videos,
+starts the vLLM engine once, then measures at the given concurrency (wall ms per video, i.e. the batch's wall
+time divided by the videos in it):
+  decode         container probe + decord seek/decode of 8 frames (a worker thread per video)
+  prompt         chat template + tokenizer for the three questions (the family's vllm_prompt)
+  label round    the 1-token label requests alone, all sent at once (no prefix computed first)
+  label staged   the same, one request per video first (it computes the shared prefix), then the rest
+  reason round   the reason requests alone (prompt already cached): as before, a grammar forcing ". " and
+                 printable characters; and as now, ". " appended to the prompt and free generation
+  step overhead  1-token requests on a 16-token text prompt: the engine's cost per request without the model
+  whole score    Critic.score end to end (what the service does)
+plus the prompt tokens computed and served from the prefix cache in each round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # the table alone on stdout
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+async def _batch(coros: list[Any], concurrency: int) -> tuple[float, list[Any]]:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(c: Any) -> Any:
+        async with sem:
+            return await c
+
+    t0 = time.perf_counter()
+    out = await asyncio.gather(*(one(c) for c in coros))
+    return time.perf_counter() - t0, out
+
+
+def _tokens(outs: list[Any]) -> tuple[int, int]:
+    prompt = sum(len(o.prompt_token_ids or []) for o in outs)
+    cached = sum(o.num_cached_tokens or 0 for o in outs)
+    return prompt - cached, cached
+
+
+class _Rows(list):
+    """Rows of the table; each is also written to stderr as it is measured (a long run shows progress)."""
+
+    def append(self, row: tuple) -> None:
+        super().append(row)
+        print("measured:", *row, file=sys.stderr, flush=True)
+
+
+async def profile(model_dir: Path, videos: list[Path], concurrency: int, max_reason_tokens: int) -> list[tuple]:
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    from service.critic import Critic
+    from service.engines.base import REASON_CHARS
+    from service.families.base import PromptInputs
+    from service.protocol import ScoreOptions
+    from service.rubric import DIMENSION_NAMES
+
+    critic = Critic.from_pretrained(model_dir, engine="vllm", dtype="float32", max_model_len=4096, max_num_seqs=256)
+    await critic.start()
+    engine = critic.engine
+    family = engine.family
+    rows: list[tuple] = _Rows()
+    n = len(videos)
+    try:
+        await critic.score(videos[0], "warm up", ScoreOptions(max_reason_tokens=max_reason_tokens))
+
+        wall, frames = await _batch([asyncio.to_thread(critic.decode, v) for v in videos], concurrency)
+        rows.append(("decode", wall / n * 1000, "", ""))
+
+        def prompts_of(video: Any, caption: str) -> dict[str, PromptInputs]:
+            return {d: family.vllm_prompt(caption, d, video) for d in DIMENSION_NAMES}
+
+        t0 = time.perf_counter()
+        built = [prompts_of(f, f"caption {i} for the label round") for i, f in enumerate(frames)]
+        rows.append(("prompt (3 questions)", (time.perf_counter() - t0) / n * 1000, "", ""))
+
+        prefixes = list(engine._prefixes)
+
+        def label_requests(ps: dict[str, PromptInputs]) -> list[Any]:
+            return [engine._run(p, list(prefix), engine._label_params(prefix)) for p in ps.values() for prefix in prefixes]
+
+        wall, outs = await _batch([c for ps in built for c in label_requests(ps)], concurrency * len(prefixes) * 3)
+        rows.append(("label round, all at once (before)", wall / n * 1000, *_tokens(outs)))
+
+        staged = [prompts_of(f, f"caption {i} for the staged label round") for i, f in enumerate(frames)]
+
+        async def staged_labels(ps: dict[str, PromptInputs]) -> list[Any]:
+            first_dim = next(iter(ps))
+            first = await engine._run(ps[first_dim], [], engine._label_params(()))
+            rest = [engine._run(p, list(prefix), engine._label_params(prefix)) for d, p in ps.items()
+                    for prefix in prefixes if (d, prefix) != (first_dim, ())]
+            return [first, *await asyncio.gather(*rest)]
+
+        wall, outs = await _batch([staged_labels(ps) for ps in staged], concurrency)
+        rows.append(("label round, shared prefix first (now)", wall / n * 1000, *_tokens([o for group in outs for o in group])))
+
+        good = family.label_token_ids()["Good"]
+        regex = r"\. " + REASON_CHARS + "{0," + str(8 * max_reason_tokens) + "}"
+        grammar = SamplingParams(max_tokens=max_reason_tokens, temperature=0.0,
+                                 structured_outputs=StructuredOutputsParams(regex=regex))
+        free = SamplingParams(max_tokens=max_reason_tokens, temperature=0.0)
+        for name, suffix, params in (("reason round, grammar (before)", good, grammar),
+                                     ("reason round, '. ' in the prompt (now)", good + engine._reason_prefix_ids, free)):
+            wall, outs = await _batch([engine._run(p, suffix, params) for ps in staged for p in ps.values()],
+                                      concurrency * 3)
+            gen = sum(len(o.outputs[0].token_ids) for o in outs)
+            rows.append((name, wall / n * 1000, *_tokens(outs), gen))
+
+        from vllm.inputs import TokensPrompt
+
+        short = family.tokenizer("a short text prompt about a video of a square", add_special_tokens=False).input_ids
+        short_params = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+
+        async def text_request(i: int) -> Any:
+            final = None
+            async for final in engine._engine.generate(TokensPrompt(prompt_token_ids=[*short, i % 50]), short_params,
+                                                        f"text-{i}"):
+                pass
+            return final
+
+        wall, outs = await _batch([text_request(i) for i in range(n * 15)], concurrency * 15)
+        rows.append(("step overhead (15 text requests)", wall / n * 1000, *_tokens(outs)))
+
+        opts = ScoreOptions(max_reason_tokens=max_reason_tokens)
+        wall, _ = await _batch([critic.score(v, f"whole score {i}", opts) for i, v in enumerate(videos)], concurrency)
+        rows.append(("whole score (Critic.score)", wall / n * 1000, "", ""))
+    finally:
+        await critic.stop()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="realistic", choices=("tiny", "realistic"))
+    ap.add_argument("--model", type=Path, help="critic folder (default: build one of --preset)")
+    ap.add_argument("--videos", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--max-reason-tokens", type=int, default=40)
+    args = ap.parse_args()
+
+    from benchmarks.critic_throughput import make_videos
+    from service.tiny_critics import build_tiny_critic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model or build_tiny_critic(Path(tmp) / "critic", family="qwen2_vl", seed=0, preset=args.preset)
+        videos = make_videos(Path(tmp), args.videos)
+        rows = asyncio.run(profile(model_dir, videos, args.concurrency, args.max_reason_tokens))
+    print(f"\nvLLM path profile, {args.preset} qwen2_vl critic, {args.videos} videos at concurrency {args.concurrency}, "
+          f"{os.cpu_count()} CPU cores; ms per video (batch wall / videos)")
+    print(f"{'part':<36}{'ms/video':>10}{'computed':>10}{'cached':>10}{'generated':>11}")
+    for name, ms, computed, cached, *gen in rows:
+        print(f"{name:<36}{ms:>10.1f}{computed!s:>10}{cached!s:>10}{(gen[0] if gen else '')!s:>11}")
+
+
+if __name__ == "__main__":
+    main()
