@@ -1,12 +1,17 @@
-"""Critic throughput: the original LiFT way vs the vLLM engine, same tiny critic, same videos, one run.
+"""Critic throughput: the original LiFT way vs the vLLM engine, same critic, same videos, one run, for two critics.
 
+Critics (both qwen2_vl, random weights, built offline): `tiny` (256 visual tokens, a 2-layer 128-wide LLM: per-
+request overhead sets the pace) and `realistic` (`lift make-tiny-critic --preset realistic`: LiFT-Critic-13B's
+token proportions, 8 frames x ~200 visual tokens, LiFT's questions, ~40-token answers, a 4-layer 256-wide LLM).
+For each:
 (a) original: transformers, the video decoded again for every question, the three questions one after
-    another, batch 1, greedy `generate` of the whole answer;
-(b) the vLLM engine through `Critic.score` (decode once, three questions together, prefix sharing, continuous
-    batching) at concurrency 1, 8 and 32, greedy, the same maximum of new tokens.
-Prints a table, then `speedup=<b at 32 over a>`.
+    another, batch 1, `generate` of the whole answer: sampled at T=0.2 as LiFT's seed does, and greedy;
+(b) the vLLM engine through `Critic.score` (decode once, three questions together, prefix computed once,
+    continuous batching) at concurrency 1, 8 and 32, greedy, the same maximum of new tokens.
+Prints a table per critic, then one `speedup=<b at 32 over a, T=0.2>` line per critic, the realistic one last.
 
-Usage: python benchmarks/critic_throughput.py [--videos 48] [--baseline-videos 6] [--max-new-tokens 32]
+Usage: python benchmarks/critic_throughput.py [--videos 48] [--baseline-videos 24] [--max-new-tokens 40]
+                                              [--critics tiny,realistic]
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # the table alone on stdout
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
 def make_videos(folder: Path, n: int) -> list[Path]:
@@ -30,7 +38,7 @@ def make_videos(folder: Path, n: int) -> list[Path]:
             for i in range(n)]
 
 
-def original_way(model_dir: Path, videos: list[Path], max_new_tokens: int) -> float:
+def original_way(model_dir: Path, videos: list[Path], max_new_tokens: int, temperature: float) -> float:
     """LiFT's evaluation loop: per question, decode the video and generate the answer; batch 1."""
     import torch
     from transformers import AutoModelForImageTextToText
@@ -47,7 +55,10 @@ def original_way(model_dir: Path, videos: list[Path], max_new_tokens: int) -> fl
             for dim in DIMENSION_NAMES:
                 frames = decode_video(video, 8)
                 inputs = family.hf_prompt("a coloured square moving", dim, frames)
-                model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+                if temperature > 0:
+                    model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature)
+                else:
+                    model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return time.perf_counter() - t0
 
 
@@ -55,7 +66,7 @@ async def engine_way(model_dir: Path, videos: list[Path], max_new_tokens: int, c
     from service.critic import Critic
     from service.protocol import ScoreOptions
 
-    critic = Critic.from_pretrained(model_dir, engine="vllm", dtype="float32", max_model_len=2048, max_num_seqs=256)
+    critic = Critic.from_pretrained(model_dir, engine="vllm", dtype="float32", max_model_len=4096, max_num_seqs=256)
     await critic.start()
     opts = ScoreOptions(max_reason_tokens=max_new_tokens)
     await critic.score(videos[0], "warm up", opts)  # grammar compile, first-request costs
@@ -80,31 +91,38 @@ async def engine_way(model_dir: Path, videos: list[Path], max_new_tokens: int, c
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=int, default=48)
-    ap.add_argument("--baseline-videos", type=int, default=6)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--model", type=Path, help="critic folder (default: build the tiny critic)")
+    ap.add_argument("--baseline-videos", type=int, default=24)
+    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--critics", default="tiny,realistic", help="comma-separated presets, in the order measured")
     args = ap.parse_args()
 
     from service.tiny_critics import build_tiny_critic
 
+    tables, speedups = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        model_dir = args.model or build_tiny_critic(tmp_path / "critic", family="qwen2_vl", seed=0)
-        videos = make_videos(tmp_path, args.videos)
-        base_s = original_way(model_dir, videos[: args.baseline_videos], args.max_new_tokens)
-        base_vps = args.baseline_videos / base_s
-        runs = asyncio.run(engine_way(model_dir, videos, args.max_new_tokens, [1, 8, 32]))
-
-    print(f"\ncritic throughput, tiny qwen2_vl critic, 8 frames, greedy, max new tokens {args.max_new_tokens}, "
-          f"{os.cpu_count()} CPU cores")
-    print(f"{'way':<34}{'videos':>8}{'videos/s':>11}{'p50 s':>9}{'p95 s':>9}")
-    print(f"{'(a) original: transformers, bs=1':<34}{args.baseline_videos:>8}{base_vps:>11.3f}"
-          f"{base_s / args.baseline_videos:>9.2f}{'':>9}")
-    for conc, (wall, lat) in runs.items():
-        p50, p95 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.95 * len(lat)))]
-        print(f"{'(b) vLLM engine, concurrency ' + str(conc):<34}{len(lat):>8}{len(lat) / wall:>11.3f}{p50:>9.2f}{p95:>9.2f}")
-    wall32, lat32 = runs[32]
-    print(f"speedup={(len(lat32) / wall32) / base_vps:.2f}")
+        videos = make_videos(tmp_path, max(args.videos, args.baseline_videos))
+        for preset in args.critics.split(","):
+            model_dir = build_tiny_critic(tmp_path / preset, family="qwen2_vl", seed=0, preset=preset)
+            base = {t: original_way(model_dir, videos[: args.baseline_videos], args.max_new_tokens, t) for t in (0.2, 0.0)}
+            runs = asyncio.run(engine_way(model_dir, videos[: args.videos], args.max_new_tokens, [1, 8, 32]))
+            lines = [f"\ncritic throughput, {preset} qwen2_vl critic, 8 frames, max new tokens {args.max_new_tokens}, "
+                     f"{os.cpu_count()} CPU cores",
+                     f"{'way':<40}{'videos':>8}{'videos/s':>11}{'p50 s':>9}{'p95 s':>9}"]
+            for t, wall in base.items():
+                label = f"(a) original, bs=1, {'T=0.2 sampled' if t else 'greedy'}"
+                lines.append(f"{label:<40}{args.baseline_videos:>8}{args.baseline_videos / wall:>11.3f}"
+                             f"{wall / args.baseline_videos:>9.2f}{'':>9}")
+            for conc, (wall, lat) in runs.items():
+                p50, p95 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.95 * len(lat)))]
+                lines.append(f"{'(b) vLLM engine, greedy, concurrency ' + str(conc):<40}{len(lat):>8}"
+                             f"{len(lat) / wall:>11.3f}{p50:>9.2f}{p95:>9.2f}")
+            wall32, lat32 = runs[32]
+            tables.append("\n".join(lines))
+            speedups.append(f"speedup={(len(lat32) / wall32) / (args.baseline_videos / base[0.2]):.2f} critic={preset}")
+            print(tables[-1], file=sys.stderr, flush=True)  # progress; the summary goes to stdout at the end
+    print("\n".join(tables))
+    print("\n".join(speedups))
 
 
 if __name__ == "__main__":
