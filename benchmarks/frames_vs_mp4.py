@@ -85,11 +85,9 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="lift-fvm-") as tmp:
         tmpdir = Path(tmp)
-        model = args.model
-        if model is None:
-            from service.tiny_critics import build_tiny_critic
+        from service.tiny_critics import build_tiny_critic
 
-            model = build_tiny_critic(tmpdir / "critic", family="qwen2_vl", seed=0)
+        model = args.model or build_tiny_critic(tmpdir / "critic", family="qwen2_vl", seed=0)
         samples = make_samples(args.samples, args.frames)
         env = {**ENV, "LIFT_MAX_INFLIGHT": str(args.concurrency)}
         with lift_serve(model, engine=args.engine, log_dir=tmpdir, env=env) as [url]:

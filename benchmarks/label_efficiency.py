@@ -38,7 +38,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.label_throughput import ENV, make_videos  # noqa: E402
+from benchmarks.label_throughput import ENV, make_videos, write_manifest  # noqa: E402
 from benchmarks.lift_servers import lift_serve  # noqa: E402
 
 
@@ -184,14 +184,11 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="lift-eff-") as tmp_s:
         tmp = Path(tmp_s)
-        model = args.model
-        if model is None:
-            from service.tiny_critics import build_tiny_critic
+        from service.tiny_critics import build_tiny_critic
 
-            model = build_tiny_critic(tmp / "critic", family="qwen2_vl", seed=0)
+        model = args.model or build_tiny_critic(tmp / "critic", family="qwen2_vl", seed=0)
         items = make_videos(tmp, args.videos)
-        manifest = tmp / "manifest.jsonl"
-        manifest.write_text("".join(json.dumps({"video": str(p), "prompt": t}) + "\n" for p, t in items))
+        manifest = write_manifest(tmp / "manifest.jsonl", items)
         options = {"max_reason_tokens": args.max_reason_tokens} if args.max_reason_tokens else {}
         extra = ["--max-reason-tokens", str(args.max_reason_tokens)] if args.max_reason_tokens else []
         load_before = os.getloadavg()[0]

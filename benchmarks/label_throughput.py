@@ -34,6 +34,12 @@ ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS"
        "TOKENIZERS_PARALLELISM": "false"}
 
 
+def write_manifest(path: Path, items: list[tuple[Path, str]]) -> Path:
+    """`lift label`'s input: one {"video", "prompt"} JSON line per item."""
+    path.write_text("".join(json.dumps({"video": str(p), "prompt": t}) + "\n" for p, t in items))
+    return path
+
+
 def make_videos(root: Path, n: int) -> list[tuple[Path, str]]:
     from service.synthetic_videos import COLOURS, moving_square, write_video
 
@@ -83,14 +89,11 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="lift-bench-") as tmp_s:
         tmp = Path(tmp_s)
-        model = args.model
-        if model is None:
-            from service.tiny_critics import build_tiny_critic
+        from service.tiny_critics import build_tiny_critic
 
-            model = build_tiny_critic(tmp / "critic", family="qwen2_vl", seed=0)
+        model = args.model or build_tiny_critic(tmp / "critic", family="qwen2_vl", seed=0)
         items = make_videos(tmp, args.videos)
-        manifest = tmp / "manifest.jsonl"
-        manifest.write_text("".join(json.dumps({"video": str(p), "prompt": t}) + "\n" for p, t in items))
+        manifest = write_manifest(tmp / "manifest.jsonl", items)
         options = {"max_reason_tokens": args.max_reason_tokens} if args.max_reason_tokens else {}
         extra = ["--max-reason-tokens", str(args.max_reason_tokens)] if args.max_reason_tokens else []
         rows: list[tuple[str, int, int, float]] = []

@@ -91,18 +91,25 @@ def pretrain_vae(vae, cfg: PretrainConfig, rng: np.random.Generator,
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         loss = ((recon - x) ** 2).mean() + cfg.vae_kl_weight * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss))
+        losses.append(_step(loss, vae.parameters(), opt, sched))
         if progress and (step + 1) % 50 == 0:
             progress(f"vae step {step + 1}/{cfg.vae_steps}: loss {np.mean(losses[-50:]):.4f} "
                      f"({time.perf_counter() - t0:.0f}s)")
     vae.eval()
     vae.requires_grad_(False)
     return losses
+
+
+def _step(loss, params, opt, sched) -> float:
+    """One optimiser step (gradients clipped to norm 1) and the scheduler's; returns the loss."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    return float(loss)
 
 
 def encode_clips(pipe, cfg: PretrainConfig, rng: np.random.Generator, chunk: int = 64):
@@ -161,12 +168,7 @@ def pretrain_transformer(pipe, latents, captions: Sequence[str], cfg: PretrainCo
         t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.transformer_batch,), generator=g)
         noise = torch.randn(lat.shape, generator=g)
         loss = per_sample_loss(transformer, scheduler, lat, emb, t, noise).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss))
+        losses.append(_step(loss, transformer.parameters(), opt, sched))
         if progress and (step + 1) % 250 == 0:
             progress(f"transformer step {step + 1}/{cfg.transformer_steps}: loss {np.mean(losses[-250:]):.4f} "
                      f"({time.perf_counter() - t0:.0f}s)")
