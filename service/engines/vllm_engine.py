@@ -36,6 +36,11 @@ from service.errors import EngineDead, EngineError, EngineNotReady, EngineStartE
 from service.families.base import CriticFamily, PromptInputs, label_prefixes, sequence_probabilities
 
 log = logging.getLogger("lift.engine")
+# vLLM's prefix cache reuses whole KV blocks only. With the CPU backend's default of 128 tokens, every request
+# after a video's first recomputed up to 127 tokens of shared prefix, and where those reached back into the
+# frames' tokens the vision encoder ran again for that request: 2.4x slower on the realistic critic
+# (benchmarks/profile_vllm_path.py). 32 is the smallest block the CPU attention kernel takes; GPUs default to 16.
+CPU_BLOCK_SIZE = 32
 _UNPRINTABLE = re.compile(REASON_UNPRINTABLE)
 
 
@@ -68,6 +73,8 @@ class VLLMEngine:
             generation_config="vllm",
             limit_mm_per_prompt=getattr(family, "mm_limits", lambda n: {"video": 1, "image": 0})(max_num_frames),
         )
+        if block_size is None and _is_cpu():
+            block_size = CPU_BLOCK_SIZE
         if block_size is not None:
             self._args["block_size"] = block_size
         if enforce_eager is None:
@@ -92,6 +99,13 @@ class VLLMEngine:
     def dead(self) -> bool:
         """Started, then lost (EngineCore or its worker exited): vLLM does not restart it."""
         return self._engine is not None and bool(getattr(self._engine, "errored", False))
+
+    @property
+    def block_size(self) -> int | None:
+        """The KV block size the started engine uses (prefix reuse is per whole block)."""
+        if self._engine is None:
+            return self._args.get("block_size")
+        return int(self._engine.vllm_config.cache_config.block_size)
 
     @property
     def engine_args(self) -> dict[str, Any]:
@@ -175,10 +189,11 @@ class VLLMEngine:
             allowed_token_ids=self._reason_token_ids))
         reason = clean_reason(out.outputs[0].text)
         cached = [o.num_cached_tokens or 0 for o in outs] + [out.num_cached_tokens or 0]
+        prompt_lengths = [len(o.prompt_token_ids or []) for o in [*outs, out]]
         return DimensionAnswer(
             dimension=dimension, label=label, probabilities=probabilities, text=f"{label}. {reason}".rstrip(),
             prompt_tokens=len(out.prompt_token_ids or []), cached_tokens=cached[0],
-            extra={"cached_tokens_all": cached, "label_requests": len(prefixes)},
+            extra={"cached_tokens_all": cached, "prompt_tokens_all": prompt_lengths, "label_requests": len(prefixes)},
         )
 
     async def _run(self, prompt: PromptInputs, suffix: list[int], params: Any) -> Any:
