@@ -53,29 +53,32 @@ DIM_SHORT = {"semantic_consistency": "semantic", "motion_smoothness": "motion", 
 class Settings:
     """Sizes of every stage; `--quick` shrinks them for the test suite."""
 
-    vae_steps: int = 200
+    vae_steps: int = 400
     vae_batch: int = 8
+    vae_lr: float = 3e-3
     pretrain_clips: int = 2048
-    transformer_steps: int = 1500
+    transformer_steps: int = 1200
+    transformer_batch: int = 32
     sample_steps: int = 10
     guidance: float = 3.0
-    rate_per_prompt: int = 8  # rated videos per prompt for critic training (15 prompts)
-    heldout_per_prompt: int = 3  # rated videos per prompt for critic eval
+    rate_per_prompt: int = 24  # rated videos per prompt for critic training (15 prompts)
+    heldout_per_prompt: int = 4  # rated videos per prompt for critic eval
     fresh_per_prompt: int = 2  # fresh batch for `lift label`
-    critic_steps: int = 600
+    critic_steps: int = 2000
     critic_batch: int = 8
     critic_lr: float = 1e-3
     seeds: tuple[int, ...] = (0, 1, 2)
     rounds: int = 2
-    loop_per_prompt: int = 4  # over the 9 fine-tuning prompts
-    steps_per_round: int = 30
+    loop_per_prompt: int = 6  # over the 9 fine-tuning prompts
+    steps_per_round: int = 40
     loop_batch: int = 8
     loop_lr: float = 2e-3
     loop_rank: int = 8
-    judge_per_prompt: int = 6  # over the 6 held-out prompts
+    judge_per_prompt: int = 10  # over the 6 held-out prompts
 
 
-QUICK = Settings(vae_steps=6, vae_batch=4, pretrain_clips=64, transformer_steps=30, sample_steps=2, guidance=3.0,
+QUICK = Settings(vae_steps=6, vae_batch=4, pretrain_clips=64, transformer_steps=30, transformer_batch=16,
+                 sample_steps=2, guidance=3.0,
                  rate_per_prompt=1, heldout_per_prompt=1, fresh_per_prompt=1, critic_steps=4, critic_batch=4,
                  seeds=(0,), rounds=1, loop_per_prompt=1, steps_per_round=2, loop_batch=4, loop_rank=4,
                  judge_per_prompt=1)
@@ -113,12 +116,13 @@ def generate(model: Path, prompts: Path, out: Path, *, per_prompt: int, seed: in
     return manifest
 
 
-def rate(manifest: Path, ratings_path: Path):
-    """Rate a manifest's videos with the hidden rules and write them in LiFT's format."""
+def rate(manifest: Path, ratings_path: Path, *, balance: bool = False):
+    """Rate a manifest's videos with the hidden rules and write them in LiFT's format (the training set with
+    each dimension's rarer labels oversampled: `rules.balanced`)."""
     from finetune.miniature.rules import rate_manifest, write_ratings
 
     ratings = rate_manifest(manifest)
-    write_ratings(ratings, ratings_path, relative_to=manifest.parent / "videos")
+    write_ratings(ratings, ratings_path, relative_to=manifest.parent / "videos", balance=balance)
     return ratings
 
 
@@ -139,6 +143,19 @@ def rule_scores_per_round(loop_dir: Path, rounds: int) -> list[dict[str, float]]
     for r in range(rounds + 1):
         summ = summarize(rate_manifest(loop_dir / f"round-{r:03d}" / "manifest.jsonl"))
         out.append({d: summ[d].mean_score for d in DIM_SHORT})
+    return out
+
+
+def reward_spread_per_round(loop_dir: Path, rounds: int) -> list[float]:
+    """The sd of the critic's reward over each round's samples (before the control flattens it): a critic
+    that gives every sample the same reward gives LiFT nothing to weight by."""
+    from finetune.data import read_jsonl
+
+    out = []
+    for r in range(rounds + 1):
+        rows = [x for x in read_jsonl(loop_dir / f"round-{r:03d}" / "labels.jsonl") if x.get("status") == "ok"]
+        vals = [float(x.get("critic_reward", x.get("reward"))) for x in rows]
+        out.append(statistics.pstdev(vals) if len(vals) > 1 else 0.0)
     return out
 
 
@@ -188,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     # ---- 1. the generator ---------------------------------------------------------------------------
     t = time.time()
     pre = pretrain_generator(out / "generator", PretrainConfig(
-        vae_steps=s.vae_steps, vae_batch=s.vae_batch, clips=s.pretrain_clips, transformer_steps=s.transformer_steps),
-        progress=say)
+        vae_steps=s.vae_steps, vae_batch=s.vae_batch, vae_lr=s.vae_lr, clips=s.pretrain_clips,
+        transformer_steps=s.transformer_steps, transformer_batch=s.transformer_batch), progress=say)
     model = pre.model
     tick("1 pretrain generator", t)
     all_prompts = write_prompts(out / "prompts_all.txt", prompts(TRAIN_SUBJECTS + HELDOUT_SUBJECTS))
@@ -200,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.time()
     rated = generate(model, all_prompts, out / "rated_train", per_prompt=s.rate_per_prompt, seed=100_000, s=s)
     heldout = generate(model, all_prompts, out / "rated_heldout", per_prompt=s.heldout_per_prompt, seed=200_000, s=s)
-    train_ratings = rate(rated, out / "rated_train" / "ratings.json")
+    train_ratings = rate(rated, out / "rated_train" / "ratings.json", balance=True)
     heldout_ratings = rate(heldout, out / "rated_heldout" / "ratings.json")
     tick("2 generate + rate", t)
 
@@ -301,6 +318,8 @@ def report(out: Path, s: Settings, pre, train_ratings, heldout_ratings, loops: d
               f"pre-training: VAE {s.vae_steps} steps (final loss {statistics.mean(pre.vae_losses[-20:]):.4f}), "
               f"transformer {s.transformer_steps} steps (final loss {statistics.mean(pre.transformer_losses[-50:]):.4f}), "
               f"{pre.seconds:.0f}s; sampling {s.sample_steps} steps, guidance {s.guidance:g}", "",
+              "VAE check, rule labels of its reconstructions of fresh clips = the clips' own: "
+              + ", ".join(f"{DIM_SHORT[d]} {100 * v:.0f} %" for d, v in pre.reconstruction_agreement.items()), "",
               *summary_table(base_ratings_summary, "rated set"), ""]
 
     # critic
@@ -341,15 +360,20 @@ def report(out: Path, s: Settings, pre, train_ratings, heldout_ratings, loops: d
     logs = {name: [json.loads(x) for x in (run / "loop_log.jsonl").read_text().splitlines() if x.strip()]
             for name, run in loops.items()}
     rule_rounds = {name: rule_scores_per_round(run, s.rounds) for name, run in loops.items()}
+    spreads = {name: reward_spread_per_round(run, s.rounds) for name, run in loops.items()}
+    for name, sp in spreads.items():
+        say(f"{name}: critic reward sd per round " + " ".join(f"{x:.3f}" for x in sp))
     lines += ["## 5. `lift finetune loop` against the served critic (fine-tuning prompts)", "",
               f"{s.rounds} rounds x {s.loop_per_prompt * 9} videos, {s.steps_per_round} LoRA steps per round "
               f"(r={s.loop_rank}, lr {s.loop_lr:g}, batch {s.loop_batch}); flat = every reward of a round set to "
               "its mean (same critic, same seeds)", "",
-              "| run | critic reward per round | rule score per round (semantic / motion / fidelity) |", "|---|---|---|"]
+              "| run | critic reward per round (mean) | its sd over the round's samples | rule score per round "
+              "(semantic / motion / fidelity) |", "|---|---|---|---|"]
     for name in logs:
         rew = " → ".join(f"{r['mean_reward']:.3f}" for r in logs[name])
+        sd = " → ".join(f"{x:.3f}" for x in spreads[name])
         rules_txt = " → ".join("/".join(f"{x[d]:.2f}" for d in dims) for x in rule_rounds[name])
-        lines.append(f"| {name} | {rew} | {rules_txt} |")
+        lines.append(f"| {name} | {rew} | {sd} | {rules_txt} |")
     lines.append("")
     plot_per_round(logs, rule_rounds, out / "plots")
 
@@ -379,10 +403,10 @@ def report(out: Path, s: Settings, pre, train_ratings, heldout_ratings, loops: d
         dim_results[d] = {"before": b, "lift": lift_scores, "flat": flat_scores, "lift_good": lift_good,
                           "flat_good": flat_good, "before_good": base[d].good_rate, "improved": ok,
                           "worse_than_control_beyond_spread": lm < fm - max(fsd, lsd)}
-    meas = ["| model | named-colour share | jitter (px) | grain |", "|---|---:|---:|---:|"]
+    meas = ["| model | named-colour share | jitter (px) | shape (short/long side) |", "|---|---:|---:|---:|"]
     for name, j in judged.items():
         m = j["measurements"]
-        meas.append(f"| {name} | {m['named_colour_share']:.3f} | {m['jitter_px']:.2f} | {m['noise']:.2f} |")
+        meas.append(f"| {name} | {m['named_colour_share']:.3f} | {m['jitter_px']:.2f} | {m['shape']:.2f} |")
     lines += ["", "Raw measurements behind the rules (held-out prompts):", "", *meas, ""]
     plot_frames(judge_dirs, out / "frames", s.seeds[0])
     total = time.time() - t_start
@@ -395,7 +419,7 @@ def report(out: Path, s: Settings, pre, train_ratings, heldout_ratings, loops: d
         "settings": s.__dict__, "critic_report": report_json, "dimensions": dim_results,
         "judged": {k: {"summary": {d: v.to_json() for d, v in j["summary"].items()},
                        "measurements": dict(j["measurements"])} for k, j in judged.items()},
-        "loops": logs, "rule_rounds": rule_rounds, "timings": timings, "total_s": total,
+        "loops": logs, "rule_rounds": rule_rounds, "reward_sd_per_round": spreads, "timings": timings, "total_s": total,
         "improved_dimensions": improved, "critic_accuracy": critic_accuracy}, indent=1, default=str))
     print(text)
     return 0

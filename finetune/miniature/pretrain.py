@@ -32,14 +32,24 @@ PRETRAIN_RECORD = "miniature_pretrain.json"
 
 @dataclass
 class GeneratorShape:
-    """The miniature generator: bigger than the test-sized tiny one, still CPU-cheap."""
+    """The miniature generator: bigger than the test-sized tiny one, still CPU-cheap.
+
+    Its VAE compresses less than `build_tiny_generator`'s (8x space, 4x time: a 32 px, 9-frame clip in
+    3 x 4 x 4 latents): 3 blocks of 16 channels, 4x in space and none in time (9 x 8 x 8 latents). The
+    tiny VAE at 8x / 4x learnt only the scene colour in the time a CPU run has: the shaking square (a
+    zig-zag from frame to frame) cannot be kept in 3 latent frames, and the square itself came back as a
+    faint ghost. CogVideoX's VAE does this with `temporal_compression_ratio=1` and fewer blocks; the
+    pipeline, the trainer and the sampler read both factors from the configs."""
 
     latent_channels: int = 8
-    vae_channels: tuple[int, int, int, int] = (8, 8, 8, 8)
+    vae_channels: tuple[int, ...] = (16, 16, 16)
+    temporal_compression: int = 1
     num_layers: int = 2
     num_attention_heads: int = 4
     attention_head_dim: int = 16
     time_embed_dim: int = 32
+    size: int = 32
+    num_frames: int = 9
 
 
 @dataclass
@@ -66,6 +76,8 @@ class PretrainResult:
     transformer_losses: list[float]
     scaling_factor: float
     seconds: float
+    # share of fresh clips whose VAE reconstruction gets the same rule label as the clip, per dimension
+    reconstruction_agreement: dict[str, float] = field(default_factory=dict)
 
 
 def _to_video_tensor(frames: np.ndarray):
@@ -110,6 +122,26 @@ def _step(loss, params, opt, sched) -> float:
     opt.step()
     sched.step()
     return float(loss)
+
+
+def reconstruction_agreement(vae, cfg: PretrainConfig, rng: np.random.Generator, n: int = 96) -> dict[str, float]:
+    """Do the hidden rules see on the VAE's reconstructions what they see on the clips? Per dimension, the
+    share of `n` fresh clips whose reconstruction (posterior mode, decoded, as uint8 frames) gets the clip's
+    label. A dimension the VAE cannot redraw cannot vary in the generator's samples."""
+    import torch
+
+    from finetune.miniature.rules import rate_frames
+
+    specs, frames = batch(rng, n, cfg.subjects, cfg.defects)
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(_to_video_tensor(frames)).latent_dist.mode()).sample
+    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+    same: dict[str, int] = {}
+    for spec, clip, back in zip(specs, frames, rec):
+        a, b = rate_frames(clip, spec.caption), rate_frames(back, spec.caption)
+        for d in a.dimensions:
+            same[d] = same.get(d, 0) + int(a.dimensions[d].label == b.dimensions[d].label)
+    return {d: k / n for d, k in same.items()}
 
 
 def encode_clips(pipe, cfg: PretrainConfig, rng: np.random.Generator, chunk: int = 64):
@@ -177,6 +209,34 @@ def pretrain_transformer(pipe, latents, captions: Sequence[str], cfg: PretrainCo
     return losses
 
 
+def build_vae(shape: GeneratorShape, seed: int):
+    import torch
+    from diffusers import AutoencoderKLCogVideoX
+
+    torch.manual_seed(seed + 1)
+    blocks = len(shape.vae_channels)
+    return AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * blocks,
+        up_block_types=("CogVideoXUpBlock3D",) * blocks, block_out_channels=tuple(shape.vae_channels),
+        latent_channels=shape.latent_channels, layers_per_block=1, norm_num_groups=2,
+        temporal_compression_ratio=shape.temporal_compression)
+
+
+def build_transformer(shape: GeneratorShape, seed: int):
+    """CogVideoX-2b's layout (sin-cos positions) at the miniature's size, on the miniature VAE's latent grid."""
+    import torch
+    from diffusers import CogVideoXTransformer3DModel
+
+    torch.manual_seed(seed)
+    latent = shape.size // 2 ** (len(shape.vae_channels) - 1)
+    return CogVideoXTransformer3DModel(
+        num_attention_heads=shape.num_attention_heads, attention_head_dim=shape.attention_head_dim,
+        in_channels=shape.latent_channels, out_channels=shape.latent_channels, time_embed_dim=shape.time_embed_dim,
+        text_embed_dim=32, num_layers=shape.num_layers, sample_width=latent, sample_height=latent,
+        sample_frames=shape.num_frames, patch_size=2, temporal_compression_ratio=shape.temporal_compression,
+        max_text_seq_length=16, use_rotary_positional_embeddings=False)
+
+
 def pretrain_generator(out: Path | str, cfg: PretrainConfig | None = None, shape: GeneratorShape | None = None,
                        progress: Callable[[str], None] | None = None) -> PretrainResult:
     """Build a tiny CogVideoX (`build_tiny_generator`) and pre-train it; saved as a pipeline folder at `out`
@@ -192,19 +252,27 @@ def pretrain_generator(out: Path | str, cfg: PretrainConfig | None = None, shape
     record = out / PRETRAIN_RECORD
     if record.is_file():
         r = json.loads(record.read_text())
-        return PretrainResult(out, r["vae_losses"], r["transformer_losses"], r["scaling_factor"], r["seconds"])
+        return PretrainResult(out, r["vae_losses"], r["transformer_losses"], r["scaling_factor"], r["seconds"],
+                              r.get("reconstruction_agreement", {}))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     raw = out.with_name(out.name + ".random")
-    build_tiny_generator(raw, seed=cfg.seed, latent_channels=shape.latent_channels, vae_channels=shape.vae_channels,
+    build_tiny_generator(raw, seed=cfg.seed, latent_channels=shape.latent_channels,
                          num_layers=shape.num_layers, num_attention_heads=shape.num_attention_heads,
                          attention_head_dim=shape.attention_head_dim, time_embed_dim=shape.time_embed_dim)
     torch.manual_seed(cfg.seed)
-    pipe = CogVideoXPipeline.from_pretrained(str(raw), local_files_only=True)
+    tiny = CogVideoXPipeline.from_pretrained(str(raw), local_files_only=True)
+    # the tiny generator's tokenizer, T5 and scheduler; the miniature's own VAE and transformer
+    pipe = CogVideoXPipeline(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder, vae=build_vae(shape, cfg.seed),
+                             transformer=build_transformer(shape, cfg.seed), scheduler=tiny.scheduler)
     pipe.set_progress_bar_config(disable=True)
     rng = np.random.default_rng(cfg.seed)
     vae_losses = pretrain_vae(pipe.vae, cfg, rng, progress)
+    agreement = reconstruction_agreement(pipe.vae, cfg, np.random.default_rng(cfg.seed + 99))
+    if progress:
+        progress("rule labels of VAE reconstructions = the clips': "
+                 + ", ".join(f"{d} {100 * v:.0f} %" for d, v in agreement.items()))
     latents, captions = encode_clips(pipe, cfg, rng)
     scaling = float(1.0 / latents.std())
     pipe.vae.register_to_config(scaling_factor=scaling)
@@ -216,6 +284,7 @@ def pretrain_generator(out: Path | str, cfg: PretrainConfig | None = None, shape
     seconds = time.perf_counter() - t0
     (tmp / PRETRAIN_RECORD).write_text(json.dumps({
         "config": asdict(cfg), "shape": asdict(shape), "scaling_factor": scaling, "seconds": seconds,
+        "reconstruction_agreement": agreement,
         "vae_losses": vae_losses, "transformer_losses": transformer_losses,
         "prompts": prompts(cfg.subjects)}, indent=1))
     import shutil
@@ -223,4 +292,4 @@ def pretrain_generator(out: Path | str, cfg: PretrainConfig | None = None, shape
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     shutil.rmtree(raw, ignore_errors=True)
-    return PretrainResult(out, vae_losses, transformer_losses, scaling, seconds)
+    return PretrainResult(out, vae_losses, transformer_losses, scaling, seconds, agreement)

@@ -6,9 +6,10 @@
 - motion smoothness: jitter = mean |second difference| of the subject's centroid path (px per frame^2):
   a straight glide is ~1 (rounding), a square that zig-zags by +-a px is ~4a px. Good < 2, Normal < 5, Bad >= 5.
   No subject found in any frame counts as no jitter.
-- video fidelity: noise = median |pixel - its 3x3 neighbourhood mean| (0..255): clean frames are ~0
-  (only the square's edges differ, a minority of pixels); the pre-training clips' checkerboard grain of
-  amplitude a gives ~0.89 a, Gaussian pixel noise of std s ~0.64 s. Good < 4, Normal < 10, Bad >= 10.
+- video fidelity: is the subject intact? shape = short side / long side of the subject's bounding box
+  (median over the frames it is found in): a square is ~1, the pre-training clips' deformed squares
+  (squashed into bars, `clips.ClipDefects.squash`) 0.3-0.5. Good >= 0.75, Normal >= 0.55, Bad below,
+  and Bad when no subject is found in most frames (the subject is missing).
 Thresholds are fixed constants, set from the clean and corrupted pre-training clips before any generator
 was trained; they are the ground truth the critic must learn and the generator is judged by.
 Each rating has LiFT's label and a short reason; `write_ratings` writes LiFT's release format.
@@ -30,8 +31,9 @@ SEMANTIC_GOOD_SHARE = 0.5
 SEMANTIC_NORMAL_SHARE = 0.25
 JITTER_GOOD_PX = 2.0
 JITTER_NORMAL_PX = 5.0
-NOISE_GOOD = 4.0
-NOISE_NORMAL = 10.0
+SHAPE_GOOD = 0.75
+SHAPE_NORMAL = 0.55
+MIN_SUBJECT_PX = 4  # a subject smaller than this in a frame is not found there
 # A pixel belongs to the subject when it is this far (RGB distance, after a 3x3 blur) from the frame's
 # background colour: above what blurred pixel noise reaches, below the square's distance to any scene colour.
 FOREGROUND_DISTANCE = 60.0
@@ -41,7 +43,7 @@ FOREGROUND_DISTANCE = 60.0
 class Measurements:
     colour_shares: dict[str, float]  # share of pixels nearest each palette colour (the grey square apart)
     jitter_px: float
-    noise: float
+    shape: float  # short / long side of the subject's box; 0 = no subject found in most frames
 
 
 @dataclass(frozen=True)
@@ -90,16 +92,25 @@ def colour_shares(frames: np.ndarray) -> dict[str, float]:
     return {c: float(counts[i] / len(px)) for i, c in enumerate(names)}
 
 
+def subject_masks(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(F, H, W) weights (how far each pixel is past the foreground distance from its frame's background
+    colour, after a 3x3 blur) and the (F, H, W) boolean subject mask (weight > 0)."""
+    blurred = _box3(frames.astype(np.float32))
+    f = blurred.shape[0]
+    background = np.median(blurred.reshape(f, -1, 3), axis=1)
+    dist = np.sqrt(((blurred - background[:, None, None, :]) ** 2).sum(-1))
+    weight = np.maximum(dist - FOREGROUND_DISTANCE, 0.0)
+    return weight, weight > 0
+
+
 def centroid_path(frames: np.ndarray) -> np.ndarray:
     """(F, 2) subject centroid (x, y) per frame; frames where no subject is found take their neighbours'."""
-    blurred = _box3(frames.astype(np.float32))
-    f, h, w, _ = blurred.shape
+    weights, _ = subject_masks(frames)
+    f, h, w = weights.shape
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     path = np.full((f, 2), np.nan, dtype=np.float32)
     for i in range(f):
-        background = np.median(blurred[i].reshape(-1, 3), axis=0)
-        dist = np.sqrt(((blurred[i] - background) ** 2).sum(-1))
-        weight = np.maximum(dist - FOREGROUND_DISTANCE, 0.0)
+        weight = weights[i]
         if weight.sum() > 1e-3 * h * w:
             path[i] = ((weight * xs).sum() / weight.sum(), (weight * ys).sum() / weight.sum())
     found = ~np.isnan(path[:, 0])
@@ -119,14 +130,25 @@ def jitter(frames: np.ndarray) -> float:
     return float(np.sqrt((accel ** 2).sum(-1)).mean())
 
 
-def noise_level(frames: np.ndarray) -> float:
-    x = frames.astype(np.float32)
-    return float(np.median(np.abs(x - _box3(x)).mean(-1), axis=(1, 2)).mean())
+def shape_ratio(frames: np.ndarray) -> float:
+    """Median over frames of the subject box's short side / long side; 0 when the subject is found in
+    fewer than half the frames."""
+    _, masks = subject_masks(frames)
+    ratios = []
+    for m in masks:
+        if m.sum() < MIN_SUBJECT_PX:
+            continue
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        bh, bw = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+        ratios.append(min(bh, bw) / max(bh, bw))
+    if 2 * len(ratios) < len(masks):
+        return 0.0
+    return float(np.median(ratios))
 
 
 def measure(frames: np.ndarray) -> Measurements:
     """frames: uint8 (F, H, W, 3) as decoded from the video file."""
-    return Measurements(colour_shares(frames), jitter(frames), noise_level(frames))
+    return Measurements(colour_shares(frames), jitter(frames), shape_ratio(frames))
 
 
 def judge(m: Measurements, caption: str) -> dict[str, DimensionRating]:
@@ -148,12 +170,14 @@ def judge(m: Measurements, caption: str) -> dict[str, DimensionRating]:
         motion = DimensionRating("Normal", "The object shakes a little between frames")
     else:
         motion = DimensionRating("Bad", "The object jumps between frames")
-    if m.noise < NOISE_GOOD:
-        fidelity = DimensionRating("Good", "The frames are clean")
-    elif m.noise < NOISE_NORMAL:
-        fidelity = DimensionRating("Normal", "The frames are a little noisy")
+    if m.shape <= 0:
+        fidelity = DimensionRating("Bad", "The object is missing")
+    elif m.shape >= SHAPE_GOOD:
+        fidelity = DimensionRating("Good", "The object keeps its shape")
+    elif m.shape >= SHAPE_NORMAL:
+        fidelity = DimensionRating("Normal", "The object is a little deformed")
     else:
-        fidelity = DimensionRating("Bad", "The frames are full of noise")
+        fidelity = DimensionRating("Bad", "The object is deformed")
     return {"semantic_consistency": semantic, "motion_smoothness": motion, "video_fidelity": fidelity}
 
 
@@ -184,14 +208,37 @@ def to_examples(ratings: Iterable[Rating]):
             for r in ratings for d, dr in r.dimensions.items()]
 
 
-def write_ratings(ratings: Sequence[Rating], path: Path | str, *, relative_to: Path | None = None) -> Path:
+def balanced(examples: Sequence, seed: int = 0, max_repeat: int = 4) -> list:
+    """The examples with every (dimension, label) present repeated up to the most frequent one of its
+    dimension, at most `max_repeat` times its own size (whole copies first, then a seeded random
+    remainder): a critic trained on a skewed set otherwise learns the majority label, and a label seen a
+    handful of times is not worth a hundred copies. Order shuffled, seeded."""
+    import random
+
+    rnd = random.Random(seed)
+    groups: dict[tuple[str, str], list] = {}
+    for ex in examples:
+        groups.setdefault((ex.dimension, ex.label), []).append(ex)
+    top = {d: max(len(g) for (dd, _), g in groups.items() if dd == d) for d, _ in groups}
+    out: list = []
+    for (d, _), g in groups.items():
+        reps, rest = divmod(min(top[d], max_repeat * len(g)), len(g))
+        out += g * reps + rnd.sample(g, rest)
+    rnd.shuffle(out)
+    return out
+
+
+def write_ratings(ratings: Sequence[Rating], path: Path | str, *, relative_to: Path | None = None,
+                  balance: bool = False, seed: int = 0) -> Path:
     """LiFT's release format (a JSON list of {"video", "conversations"}), one entry per video and dimension;
-    `lift critic train/eval` read it with the same reader as LiFT's own files. JSONL when path ends .jsonl."""
+    `lift critic train/eval` read it with the same reader as LiFT's own files. JSONL when path ends .jsonl.
+    balance=True oversamples the rarer labels of each dimension (`balanced`), for a training set."""
     from finetune.critic.data import write_jsonl, write_lift
 
     path = Path(path)
     writer = write_jsonl if path.suffix == ".jsonl" else write_lift
-    return writer(path, to_examples(ratings), relative_to=relative_to)
+    examples = to_examples(ratings)
+    return writer(path, balanced(examples, seed) if balance else examples, relative_to=relative_to)
 
 
 @dataclass(frozen=True)
@@ -222,4 +269,4 @@ def mean_measurements(ratings: Sequence[Rating]) -> Mapping[str, float]:
     named = [r.measurements.colour_shares.get(colour_of(r.caption) or "", 0.0) for r in ratings]
     return {"named_colour_share": sum(named) / n,
             "jitter_px": sum(r.measurements.jitter_px for r in ratings) / n,
-            "noise": sum(r.measurements.noise for r in ratings) / n}
+            "shape": sum(r.measurements.shape for r in ratings) / n}

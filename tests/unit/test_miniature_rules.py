@@ -33,12 +33,12 @@ def test_each_defect_is_seen_by_its_own_rule_only(seed: int) -> None:
         "semantic_consistency": "Bad", "motion_smoothness": "Good", "video_fidelity": "Good"}
     assert labels(ClipSpec("a green dog", "green", 3.0, 0.0), seed) == {
         "semantic_consistency": "Good", "motion_smoothness": "Bad", "video_fidelity": "Good"}
-    assert labels(ClipSpec("a blue bird", "blue", 0.0, 30.0), seed) == {
+    assert labels(ClipSpec("a blue bird", "blue", 0.0, 0.6), seed) == {
         "semantic_consistency": "Good", "motion_smoothness": "Good", "video_fidelity": "Bad"}
 
 
 def test_weak_defects_are_normal() -> None:
-    lab = labels(ClipSpec("a red car", "red", 0.8, 7.0), 0)
+    lab = labels(ClipSpec("a red car", "red", 0.8, 0.3), 0)
     assert lab["motion_smoothness"] == "Normal" and lab["video_fidelity"] == "Normal"
 
 
@@ -60,7 +60,7 @@ def test_ratings_in_lift_format_read_back_by_the_critic_reader(tmp_path: Path) -
     vdir = tmp_path / "videos"
     vdir.mkdir()
     ratings = []
-    for i, spec in enumerate([ClipSpec("a red car", "red", 0.0, 0.0), ClipSpec("a blue dog", "green", 3.0, 30.0)]):
+    for i, spec in enumerate([ClipSpec("a red car", "red", 0.0, 0.0), ClipSpec("a blue dog", "green", 3.0, 0.6)]):
         frames = render(spec, np.random.default_rng(i))
         path = write_mp4(vdir / f"v{i}.mp4", frames)
         ratings.append(rate_frames(frames, spec.caption, path))
@@ -91,3 +91,21 @@ def test_flat_control_gives_every_sample_the_round_mean(tmp_path: Path) -> None:
     assert [r.get("reward") for r in rows[:2]] == [pytest.approx(0.5), pytest.approx(0.5)]
     assert [r["critic_reward"] for r in rows[:2]] == [0.9, 0.1]
     assert "reward" not in rows[2]
+
+
+def test_a_missing_subject_is_bad_fidelity_and_no_jitter() -> None:
+    frames = render(ClipSpec("a red car", "red", 0.0, 0.0), np.random.default_rng(0))
+    frames[:] = frames[0, 0, 0]  # the scene colour only
+    lab = {d: r.label for d, r in rate_frames(frames, "a red car").dimensions.items()}
+    assert lab == {"semantic_consistency": "Good", "motion_smoothness": "Good", "video_fidelity": "Bad"}
+
+
+def test_balanced_oversamples_each_dimensions_rarer_labels() -> None:
+    from finetune.miniature.rules import balanced, to_examples
+
+    specs = [ClipSpec("a red car", "red", 0.0, 0.0)] * 9 + [ClipSpec("a red car", "blue", 3.0, 0.6)]
+    ratings = [rate_frames(render(s, np.random.default_rng(i)), s.caption, f"v{i}.mp4") for i, s in enumerate(specs)]
+    out = balanced(to_examples(ratings), max_repeat=4)
+    for d in ("semantic_consistency", "motion_smoothness", "video_fidelity"):
+        got = [e.label for e in out if e.dimension == d]
+        assert got.count("Good") == 9 and got.count("Bad") == 4, (d, got)
