@@ -1,13 +1,17 @@
-"""Critic throughput: the original LiFT way vs the vLLM engine, same critic, same videos, one run, for two critics.
+"""Critic throughput: the original LiFT way vs the vLLM engine, same critic, same kind of videos, one run, for two critics.
 
 Critics (both qwen2_vl, random weights, built offline): `tiny` (256 visual tokens, a 2-layer 128-wide LLM: per-
 request overhead sets the pace) and `realistic` (`lift make-tiny-critic --preset realistic`: LiFT-Critic-13B's
-token proportions, 8 frames x ~200 visual tokens, LiFT's questions, ~40-token answers, a 4-layer 256-wide LLM).
+token proportions, 8 frames x ~200 visual tokens, LiFT's questions, ~40-token answers, a 4-layer 256-wide LLM,
+the vision tower ~10 % of a question's compute as in the 13B critic).
 For each:
 (a) original: transformers, the video decoded again for every question, the three questions one after
     another, batch 1, `generate` of the whole answer: sampled at T=0.2 as LiFT's seed does, and greedy;
 (b) the vLLM engine through `Critic.score` (decode once, three questions together, prefix computed once,
-    continuous batching) at concurrency 1, 8 and 32, greedy, the same maximum of new tokens.
+    continuous batching) at concurrency 1, 8 and 32, greedy, the same maximum of new tokens; each run on videos of
+    its own (a second pass over the same frames would measure the prefix cache, not the engine).
+(b') the same at concurrency 32 with vLLM's CPU worker bound to every core (VLLM_CPU_OMP_THREADS_BIND): by default
+    vLLM keeps one core for its scheduler, half of a 2-core host; shown beside, not used for the speedup.
 Prints a table per critic, then one `speedup=<b at 32 over a, T=0.2>` line per critic, the realistic one last.
 
 Usage: python benchmarks/critic_throughput.py [--videos 48] [--baseline-videos 24] [--max-new-tokens 40]
@@ -29,13 +33,15 @@ os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # the table al
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
-def make_videos(folder: Path, n: int) -> list[Path]:
+def make_videos(folder: Path, n: int, first: int = 0) -> list[Path]:
+    """`n` distinct H.264 videos (numbered from `first`). A run never re-scores another run's videos: the engine
+    keeps every video's KV blocks in its prefix cache, so a second pass over the same frames measures the cache."""
     from service.synthetic_videos import COLOURS, moving_square, write_video
 
     colours = list(COLOURS)
     return [write_video(folder / f"v{i}", moving_square(num_frames=24, height=96, width=128, colour=colours[i % len(colours)],
                                                           seed=i, jitter=0.1 * (i % 3)), codec="h264_mp4")
-            for i in range(n)]
+            for i in range(first, first + n)]
 
 
 def original_way(model_dir: Path, videos: list[Path], max_new_tokens: int, temperature: float) -> float:
@@ -62,16 +68,26 @@ def original_way(model_dir: Path, videos: list[Path], max_new_tokens: int, tempe
     return time.perf_counter() - t0
 
 
-async def engine_way(model_dir: Path, videos: list[Path], max_new_tokens: int, concurrencies: list[int]) -> dict:
+async def engine_way(model_dir: Path, videos: dict[int, list[Path]], max_new_tokens: int, all_cores: bool = False) -> dict:
+    """Videos per concurrency, each list its own (none scored twice), plus one more for the warm-up under -1."""
     from service.critic import Critic
     from service.protocol import ScoreOptions
 
     critic = Critic.from_pretrained(model_dir, engine="vllm", dtype="float32", max_model_len=4096, max_num_seqs=256)
-    await critic.start()
+    saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    if all_cores:  # read by the worker when it starts
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{(os.cpu_count() or 1) - 1}"
+    try:
+        await critic.start()
+    finally:
+        if saved is None:
+            os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+        else:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = saved
     opts = ScoreOptions(max_reason_tokens=max_new_tokens)
-    await critic.score(videos[0], "warm up", opts)  # grammar compile, first-request costs
+    await critic.score(videos[-1][0], "warm up", opts)  # first-request costs
     results = {}
-    for conc in concurrencies:
+    for conc in sorted(c for c in videos if c > 0):
         sem = asyncio.Semaphore(conc)
         latencies: list[float] = []
 
@@ -82,7 +98,7 @@ async def engine_way(model_dir: Path, videos: list[Path], max_new_tokens: int, c
                 latencies.append(time.perf_counter() - t)
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(one(v) for v in videos))
+        await asyncio.gather(*(one(v) for v in videos[conc]))
         results[conc] = (time.perf_counter() - t0, sorted(latencies))
     await critic.stop()
     return results
@@ -101,11 +117,19 @@ def main() -> None:
     tables, speedups = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        videos = make_videos(tmp_path, max(args.videos, args.baseline_videos))
+        # every run its own videos: the original's, then per engine run and concurrency (plus a warm-up video)
+        plan = [("original", -2, args.baseline_videos), ("engine", -1, 1), ("engine", 1, args.videos),
+                ("engine", 8, args.videos), ("engine", 32, args.videos), ("all cores", -1, 1), ("all cores", 32, args.videos)]
+        first, sets = 0, {}
+        for way, conc, n in plan:
+            sets.setdefault(way, {})[conc] = make_videos(tmp_path, n, first)
+            first += n
         for preset in args.critics.split(","):
             model_dir = build_tiny_critic(tmp_path / preset, family="qwen2_vl", seed=0, preset=preset)
-            base = {t: original_way(model_dir, videos[: args.baseline_videos], args.max_new_tokens, t) for t in (0.2, 0.0)}
-            runs = asyncio.run(engine_way(model_dir, videos[: args.videos], args.max_new_tokens, [1, 8, 32]))
+            # the original loop caches nothing between videos, so both of its runs may use the same videos
+            base = {t: original_way(model_dir, sets["original"][-2], args.max_new_tokens, t) for t in (0.2, 0.0)}
+            runs = asyncio.run(engine_way(model_dir, sets["engine"], args.max_new_tokens))
+            all_cores = asyncio.run(engine_way(model_dir, sets["all cores"], args.max_new_tokens, all_cores=True))
             lines = [f"\ncritic throughput, {preset} qwen2_vl critic, 8 frames, max new tokens {args.max_new_tokens}, "
                      f"{os.cpu_count()} CPU cores",
                      f"{'way':<40}{'videos':>8}{'videos/s':>11}{'p50 s':>9}{'p95 s':>9}"]
@@ -117,6 +141,10 @@ def main() -> None:
                 p50, p95 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.95 * len(lat)))]
                 lines.append(f"{'(b) vLLM engine, greedy, concurrency ' + str(conc):<40}{len(lat):>8}"
                              f"{len(lat) / wall:>11.3f}{p50:>9.2f}{p95:>9.2f}")
+            wall, lat = all_cores[32]
+            label = "(b') same, c=32, worker on all cores"
+            lines.append(f"{label:<40}{len(lat):>8}{len(lat) / wall:>11.3f}"
+                         f"{lat[len(lat) // 2]:>9.2f}{lat[min(len(lat) - 1, int(0.95 * len(lat)))]:>9.2f}")
             wall32, lat32 = runs[32]
             tables.append("\n".join(lines))
             speedups.append(f"speedup={(len(lat32) / wall32) / (args.baseline_videos / base[0.2]):.2f} critic={preset}")

@@ -1,9 +1,10 @@
 """Client efficiency: `lift label --concurrency 32` against one replica vs the engine's own throughput.
 
-    .venv/bin/python benchmarks/label_efficiency.py [--videos 64] [--repeat 5] [--concurrency 32] [--model DIR]
+    .venv/bin/python benchmarks/label_efficiency.py [--videos 128] [--repeat 3] [--concurrency 32] [--model DIR]
 
 Same critic (the tiny critic, built on the spot unless --model), same engine settings (`lift serve`'s
-defaults, from ServiceSettings), same real H.264 videos, measured turn about on this machine (both engines
+defaults, from ServiceSettings), real H.264 videos of the same kind, every run its own (none scored twice: the
+prefix cache would serve a second pass), measured turn about on this machine (both engines
 loaded, one busy at a time, so a change in load hits both sides alike):
 1. engine: `Critic.score(path, prompt)` in this process, `--concurrency` at once (asyncio), the way the
    server calls it: decode + the engine + scoring, no HTTP;
@@ -174,9 +175,9 @@ def warm(url: str, items: list[tuple[Path, str]], concurrency: int, options: dic
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--videos", type=int, default=64, help="videos per measured run")
+    ap.add_argument("--videos", type=int, default=128, help="videos per measured run")
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--repeat", type=int, default=5, help="rounds (one run of each side per round)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds (one run of each side per round)")
     ap.add_argument("--model", type=Path, default=None, help="critic folder (default: build the tiny critic)")
     ap.add_argument("--max-reason-tokens", type=int, default=None, help="same for both sides (default: service's)")
     args = ap.parse_args()
@@ -187,8 +188,11 @@ def main() -> int:
         from service.tiny_critics import build_tiny_critic
 
         model = args.model or build_tiny_critic(tmp / "critic", family="qwen2_vl", seed=0)
-        items = make_videos(tmp, args.videos)
-        manifest = write_manifest(tmp / "manifest.jsonl", items)
+        # Every run its own videos: an engine keeps each video's KV blocks in its prefix cache, so a second
+        # pass over the same frames would measure the cache, not the engine (nor the client against it).
+        items = make_videos(tmp, args.videos)  # warm-up and the stub's uploads
+        runs = [(make_videos(tmp, args.videos, first=(2 * i + 1) * args.videos),
+                 make_videos(tmp, args.videos, first=(2 * i + 2) * args.videos)) for i in range(args.repeat)]
         options = {"max_reason_tokens": args.max_reason_tokens} if args.max_reason_tokens else {}
         extra = ["--max-reason-tokens", str(args.max_reason_tokens)] if args.max_reason_tokens else []
         load_before = os.getloadavg()[0]
@@ -205,17 +209,20 @@ def main() -> int:
                 # Turn about, in alternating order, so that a change in the machine's load hits both sides
                 # alike; each round's ratio compares two runs made next to each other.
                 for i in range(args.repeat):
+                    engine_items, label_items = runs[i]
+                    manifest = write_manifest(tmp / f"manifest_{i}.jsonl", label_items)
+
                     def label_once() -> None:
                         w, n = label_rate(urls[0], manifest, tmp / f"labels_{i}.jsonl", args.concurrency, extra)
                         whole.append(w)
                         inner.append(n)
 
                     if i % 2 == 0:
-                        engine.append(local.rate(items, args.concurrency, options))
+                        engine.append(local.rate(engine_items, args.concurrency, options))
                         label_once()
                     else:
                         label_once()
-                        engine.append(local.rate(items, args.concurrency, options))
+                        engine.append(local.rate(engine_items, args.concurrency, options))
             finally:
                 local.close()
 

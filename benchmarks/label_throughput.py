@@ -40,12 +40,13 @@ def write_manifest(path: Path, items: list[tuple[Path, str]]) -> Path:
     return path
 
 
-def make_videos(root: Path, n: int) -> list[tuple[Path, str]]:
+def make_videos(root: Path, n: int, first: int = 0) -> list[tuple[Path, str]]:
+    """`n` distinct videos numbered from `first`, each with its prompt (distinct numbers, distinct frames)."""
     from service.synthetic_videos import COLOURS, moving_square, write_video
 
     colours = list(COLOURS)
     out = []
-    for i in range(n):
+    for i in range(first, first + n):
         c = colours[i % len(colours)]
         p = write_video(root / f"v{i}.mp4", moving_square(16, 96, 128, colour=c, seed=i, jitter=0.1 * (i % 3)))
         out.append((p, f"a {c} square moving to the right ({i})"))

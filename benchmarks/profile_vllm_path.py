@@ -12,7 +12,8 @@ time divided by the videos in it):
   reason round   the reason requests alone (prompt already cached): as before, a grammar forcing ". " and
                  printable characters; and as now, ". " appended to the prompt and free generation
   step overhead  1-token requests on a 16-token text prompt: the engine's cost per request without the model
-  whole score    Critic.score end to end (what the service does)
+  whole score    Critic.score end to end (what the service does); and again on a second engine with vLLM's CPU
+                 default KV block of 128 tokens (before): prefix reuse is per whole block
 plus the prompt tokens computed and served from the prefix cache in each round.
 """
 
@@ -60,7 +61,9 @@ class _Rows(list):
         print("measured:", *row, file=sys.stderr, flush=True)
 
 
-async def profile(model_dir: Path, videos: list[Path], concurrency: int, max_reason_tokens: int) -> list[tuple]:
+async def profile(model_dir: Path, video_sets: list[list[Path]], concurrency: int, max_reason_tokens: int) -> list[tuple]:
+    """`video_sets`: four lists of distinct videos, one per round that must compute its frames (the prefix cache
+    keeps every video's blocks, so a round on videos already seen would measure the cache)."""
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
@@ -75,12 +78,14 @@ async def profile(model_dir: Path, videos: list[Path], concurrency: int, max_rea
     engine = critic.engine
     family = engine.family
     rows: list[tuple] = _Rows()
-    n = len(videos)
+    all_at_once, staged_set, whole_set, before_set = video_sets
+    n = len(all_at_once)
     try:
-        await critic.score(videos[0], "warm up", ScoreOptions(max_reason_tokens=max_reason_tokens))
+        await critic.score(before_set[0], "warm up", ScoreOptions(max_reason_tokens=max_reason_tokens))
 
-        wall, frames = await _batch([asyncio.to_thread(critic.decode, v) for v in videos], concurrency)
+        wall, frames = await _batch([asyncio.to_thread(critic.decode, v) for v in all_at_once], concurrency)
         rows.append(("decode", wall / n * 1000, "", ""))
+        _, staged_frames = await _batch([asyncio.to_thread(critic.decode, v) for v in staged_set], concurrency)
 
         def prompts_of(video: Any, caption: str) -> dict[str, PromptInputs]:
             return {d: family.vllm_prompt(caption, d, video) for d in DIMENSION_NAMES}
@@ -97,7 +102,7 @@ async def profile(model_dir: Path, videos: list[Path], concurrency: int, max_rea
         wall, outs = await _batch([c for ps in built for c in label_requests(ps)], concurrency * len(prefixes) * 3)
         rows.append(("label round, all at once (before)", wall / n * 1000, *_tokens(outs)))
 
-        staged = [prompts_of(f, f"caption {i} for the staged label round") for i, f in enumerate(frames)]
+        staged = [prompts_of(f, f"caption {i} for the staged label round") for i, f in enumerate(staged_frames)]
 
         async def staged_labels(ps: dict[str, PromptInputs]) -> list[Any]:
             first_dim = next(iter(ps))
@@ -137,11 +142,30 @@ async def profile(model_dir: Path, videos: list[Path], concurrency: int, max_rea
         rows.append(("step overhead (15 text requests)", wall / n * 1000, *_tokens(outs)))
 
         opts = ScoreOptions(max_reason_tokens=max_reason_tokens)
-        wall, _ = await _batch([critic.score(v, f"whole score {i}", opts) for i, v in enumerate(videos)], concurrency)
-        rows.append(("whole score (Critic.score)", wall / n * 1000, "", ""))
+        wall, _ = await _batch([critic.score(v, f"whole score {i}", opts) for i, v in enumerate(whole_set)], concurrency)
+        rows.append((f"whole score, KV block {engine.block_size} (now)", wall / n * 1000, "", ""))
     finally:
         await critic.stop()
+    rows.append(("whole score, KV block 128 (before)",
+                 await _whole_score(model_dir, before_set, concurrency, max_reason_tokens, block_size=128), "", ""))
     return rows
+
+
+async def _whole_score(model_dir: Path, videos: list[Path], concurrency: int, max_reason_tokens: int,
+                       block_size: int) -> float:
+    from service.critic import Critic
+    from service.protocol import ScoreOptions
+
+    critic = Critic.from_pretrained(model_dir, engine="vllm", dtype="float32", max_model_len=4096, max_num_seqs=256,
+                                    block_size=block_size)
+    await critic.start()
+    try:
+        opts = ScoreOptions(max_reason_tokens=max_reason_tokens)
+        await critic.score(videos[0], "warm up", opts)  # the first video warms up, the others are measured
+        wall, _ = await _batch([critic.score(v, f"whole score {i}", opts) for i, v in enumerate(videos[1:])], concurrency)
+        return wall / (len(videos) - 1) * 1000
+    finally:
+        await critic.stop()
 
 
 def main() -> None:
@@ -158,8 +182,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or build_tiny_critic(Path(tmp) / "critic", family="qwen2_vl", seed=0, preset=args.preset)
-        videos = make_videos(Path(tmp), args.videos)
-        rows = asyncio.run(profile(model_dir, videos, args.concurrency, args.max_reason_tokens))
+        sets = [make_videos(Path(tmp), args.videos, first=k * args.videos) for k in range(3)]
+        sets.append(make_videos(Path(tmp), args.videos + 1, first=3 * args.videos))  # + a warm-up video
+        rows = asyncio.run(profile(model_dir, sets, args.concurrency, args.max_reason_tokens))
     print(f"\nvLLM path profile, {args.preset} qwen2_vl critic, {args.videos} videos at concurrency {args.concurrency}, "
           f"{os.cpu_count()} CPU cores; ms per video (batch wall / videos)")
     print(f"{'part':<36}{'ms/video':>10}{'computed':>10}{'cached':>10}{'generated':>11}")

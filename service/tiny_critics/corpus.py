@@ -17,13 +17,15 @@ VILA_WORDS = ("the a video frame shows person walking running car red blue green
               "intelligence helpful detailed polite answers questions").split()
 
 
-def lift_answer_corpus(rng: random.Random, words: Sequence[str] = QWEN_WORDS, answer_prefix: str = "") -> Iterator[str]:
-    """LiFT-like answers with "Good" and "Bad" but never "Normal", so the tokenizer learns the first two as
-    whole tokens and splits "Normal": multi-token label scoring gets exercised. `answer_prefix` is what precedes
-    an answer in the family's chat template, so the labels are learnt in the context they are scored in."""
+def lift_answer_corpus(rng: random.Random, words: Sequence[str] = QWEN_WORDS, answer_prefix: str = "",
+                       labels: Sequence[str] = ("Good", "Bad")) -> Iterator[str]:
+    """LiFT-like answers starting with one of `labels`. By default "Good" and "Bad" but never "Normal", so the
+    tokenizer learns the first two as whole tokens and splits "Normal": multi-token label scoring gets
+    exercised (real critics' tokenizers have all three whole: pass all three for that). `answer_prefix` is what
+    precedes an answer in the family's chat template, so the labels are learnt in the context they are scored in."""
     for _ in range(2500):
         sentence = " ".join(rng.choice(words) for _ in range(rng.randint(3, 16)))
-        yield f"{answer_prefix}{rng.choice(['Good', 'Bad'])}. {sentence}."
+        yield f"{answer_prefix}{rng.choice(list(labels))}. {sentence}."
         yield sentence
     for d in DIMENSIONS:
         for _ in range(30):

@@ -1,9 +1,13 @@
 """A tiny random Qwen2-VL critic: a checkpoint both engines load as is.
 
 Preset `tiny`: every frame resized to about 224x224, so 8 frames give 256 video tokens: enough to fill KV-cache
-blocks and show prefix sharing across a video's three questions. Preset `realistic`: LiFT-Critic-13B's token
-proportions, 8 frames x 196 visual tokens = 1568 (Qwen2-VL merges frame pairs, so 4 groups of 392: frames of
-about 392x784 pixels), on a small but not trivial LLM, so that a benchmark's costs fall where the real critic's do.
+blocks and show prefix sharing across a video's three questions; "Normal" is split into several tokens so that
+multi-token label scoring is exercised. Preset `realistic`: LiFT-Critic-13B's token proportions, 8 frames x 196
+visual tokens = 1568 (Qwen2-VL merges frame pairs, so 4 groups of 392: frames of about 392x784 pixels), ~1770
+prompt tokens, the three labels whole tokens as in real critics' vocabularies, and its compute split: the vision
+tower ~10 % of a question's compute as SigLIP is of LiFT-Critic-13B's (`proportions.py`; a wider tower would put
+two thirds of the time in it, which no real critic does), so that a benchmark's costs fall where the real
+critic's do.
 """
 
 from __future__ import annotations
@@ -48,14 +52,15 @@ class QwenShape:
     mrope_section: tuple[int, int, int] = (4, 6, 6)  # sums to head_dim / 2
     vision_depth: int = 2
     vision_dim: int = 64
+    whole_labels: bool = False  # all three labels single tokens (else "Normal" is split)
 
 
 SHAPES = {"tiny": QwenShape(),
           "realistic": QwenShape(frame_pixels=392 * 784, hidden=256, intermediate=688, layers=4, heads=4, kv_heads=2,
-                                 mrope_section=(8, 12, 12), vision_depth=4, vision_dim=128)}
+                                 mrope_section=(8, 12, 12), vision_depth=1, vision_dim=32, whole_labels=True)}
 
 
-def _build_tokenizer(seed: int):
+def _build_tokenizer(seed: int, whole_labels: bool = False):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -64,7 +69,8 @@ def _build_tokenizer(seed: int):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=768, special_tokens=_SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(lift_answer_corpus(random.Random(seed)), trainer)
+    labels = ("Good", "Normal", "Bad") if whole_labels else ("Good", "Bad")
+    tok.train_from_iterator(lift_answer_corpus(random.Random(seed), labels=labels), trainer)
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
         additional_special_tokens=_SPECIALS[1:], model_max_length=4096,
@@ -84,7 +90,7 @@ def build_tiny_qwen2_vl(out_dir: str | Path, seed: int = 0, preset: str = "tiny"
     shape = SHAPES[preset]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _build_tokenizer(seed)
+    tokenizer = _build_tokenizer(seed, shape.whole_labels)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _SPECIALS}
     size = {"shortest_edge": shape.frame_pixels, "longest_edge": shape.frame_pixels}
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(size=size), tokenizer=tokenizer,
