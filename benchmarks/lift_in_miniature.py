@@ -171,13 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--critic-steps", type=int, default=None)
     ap.add_argument("--transformer-steps", type=int, default=None)
+    ap.add_argument("--steps-per-round", type=int, default=None, help="LoRA steps per fine-tuning round")
+    ap.add_argument("--loop-lr", type=float, default=None, help="LoRA learning rate of the fine-tuning loop")
     ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance when sampling (default 3)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads in this process (default 1: `lift serve` holds the other core of a 2-core "
                          "CPU, and on a busy CPU two threads ran the VAE 20x slower than one)")
     args = ap.parse_args(argv)
     s = QUICK if args.quick else Settings()
-    for name in ("rounds", "critic_steps", "transformer_steps", "guidance"):
+    for name in ("rounds", "critic_steps", "transformer_steps", "guidance", "steps_per_round", "loop_lr"):
         if getattr(args, name) is not None:
             s = replace(s, **{name: getattr(args, name)})
     if args.seeds:
