@@ -69,8 +69,8 @@ class Settings:
     critic_lr: float = 1e-3
     seeds: tuple[int, ...] = (0, 1, 2)
     rounds: int = 2
-    loop_per_prompt: int = 6  # over the 9 fine-tuning prompts
-    steps_per_round: int = 40
+    loop_per_prompt: int = 12  # over the 9 fine-tuning prompts
+    steps_per_round: int = 120
     loop_batch: int = 8
     loop_lr: float = 2e-3
     loop_rank: int = 8
