@@ -36,11 +36,12 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 def make_videos(folder: Path, n: int, first: int = 0) -> list[Path]:
     """`n` distinct H.264 videos (numbered from `first`). A run never re-scores another run's videos: the engine
     keeps every video's KV blocks in its prefix cache, so a second pass over the same frames measures the cache."""
-    from service.synthetic_videos import COLOURS, moving_square, write_video
+    from service.synthetic_videos import COLOURS, moving_square, unique_background, write_video
 
     colours = list(COLOURS)
     return [write_video(folder / f"v{i}", moving_square(num_frames=24, height=96, width=128, colour=colours[i % len(colours)],
-                                                          seed=i, jitter=0.1 * (i % 3)), codec="h264_mp4")
+                                                          background=unique_background(i), seed=i, jitter=0.1 * (i % 3)),
+                        codec="h264_mp4")
             for i in range(first, first + n)]
 
 

@@ -42,13 +42,13 @@ def write_manifest(path: Path, items: list[tuple[Path, str]]) -> Path:
 
 def make_videos(root: Path, n: int, first: int = 0) -> list[tuple[Path, str]]:
     """`n` distinct videos numbered from `first`, each with its prompt (distinct numbers, distinct frames)."""
-    from service.synthetic_videos import COLOURS, moving_square, write_video
+    from service.synthetic_videos import COLOURS, moving_square, unique_background, write_video
 
     colours = list(COLOURS)
     out = []
     for i in range(first, first + n):
         c = colours[i % len(colours)]
-        p = write_video(root / f"v{i}.mp4", moving_square(16, 96, 128, colour=c, seed=i, jitter=0.1 * (i % 3)))
+        p = write_video(root / f"v{i}.mp4", moving_square(16, 96, 128, colour=c, background=unique_background(i), seed=i, jitter=0.1 * (i % 3)))
         out.append((p, f"a {c} square moving to the right ({i})"))
     return out
 

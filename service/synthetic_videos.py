@@ -47,6 +47,12 @@ def moving_square(num_frames: int = 16, height: int = 96, width: int = 128, colo
     return np.clip(frames, 0, 255).astype(np.uint8)
 
 
+def unique_background(i: int) -> tuple[int, int, int]:
+    """A dark background distinct for every i < 32768: benchmark videos must never repeat a frame (the engine's
+    prefix cache would serve a repeated video without computing it)."""
+    return (8 + i % 32, 8 + (i // 32) % 32, 8 + (i // 1024) % 32)
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, codec: str = "h264_mp4") -> Path:
     """Encode (T, H, W, 3) uint8 frames to a file with ffmpeg; `codec` is a key of CODECS. H and W must be even."""
     import imageio_ffmpeg
