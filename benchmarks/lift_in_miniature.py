@@ -3,7 +3,7 @@ fine-tune the generator on its rewards, and judge the generator by the raters' o
 
 1. generator: `build_tiny_generator` at miniature size, pre-trained on synthetic captioned clips
    (`finetune.miniature.pretrain`): a coloured scene with a gliding square, imperfect on purpose (wrong
-   colour, a shaking square, grain), so its samples differ in what the rules judge;
+   colour, a shaking square, a deformed square), so its samples differ in what the rules judge;
 2. ratings: `lift finetune generate` samples, rated by hidden rules (`finetune.miniature.rules`, one per
    LiFT dimension, Good/Normal/Bad + reason), written in LiFT's release format;
 3. `lift critic train` on those ratings, `lift critic eval` on held-out rated samples (through the server);
