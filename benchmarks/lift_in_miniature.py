@@ -27,6 +27,7 @@ generator's and above the control's on every seed; A: the critic's mean held-out
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -93,7 +94,8 @@ def lift(*args: str) -> None:
     from clients.cli import main
 
     t = time.time()
-    code = main(list(args))
+    with contextlib.redirect_stdout(sys.stderr):  # the commands' own output is progress here; stdout is the tables
+        code = main(list(args))
     say(f"lift {' '.join(args[:2])}: exit {code} in {time.time() - t:.0f}s")
     if code != 0:
         raise SystemExit(f"lift {' '.join(args)} exited {code}")

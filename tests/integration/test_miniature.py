@@ -53,7 +53,10 @@ def test_every_stage_hands_the_next_a_valid_artifact(tmp_path: Path, capsys: pyt
 
     out = tmp_path / "mini"
     assert main(["--quick", "--out", str(out)]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    stdout = capsys.readouterr().out.strip().splitlines()
+    last = stdout[-1]
+    # stdout is the report alone: the `lift` commands' own output (paths, tables, summaries) goes to stderr
+    assert stdout[0].startswith("# LiFT in miniature"), stdout[:3]
     assert re.fullmatch(r"improved_dimensions=[0-3]/3 critic_accuracy=\d+\.\d", last), last
 
     # 1. a pipeline folder the finetune commands load, with its pre-training record
