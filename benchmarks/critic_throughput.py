@@ -105,6 +105,13 @@ async def engine_way(model_dir: Path, videos: dict[int, list[Path]], max_new_tok
     return results
 
 
+def engine_row(label: str, wall: float, latencies: list[float]) -> str:
+    """One table row of an engine run: videos, videos/s, p50 and p95 latency (`latencies` sorted)."""
+    n = len(latencies)
+    p50, p95 = latencies[n // 2], latencies[min(n - 1, int(0.95 * n))]
+    return f"{label:<40}{n:>8}{n / wall:>11.3f}{p50:>9.2f}{p95:>9.2f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=int, default=48)
@@ -138,14 +145,8 @@ def main() -> None:
                 label = f"(a) original, bs=1, {'T=0.2 sampled' if t else 'greedy'}"
                 lines.append(f"{label:<40}{args.baseline_videos:>8}{args.baseline_videos / wall:>11.3f}"
                              f"{wall / args.baseline_videos:>9.2f}{'':>9}")
-            for conc, (wall, lat) in runs.items():
-                p50, p95 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.95 * len(lat)))]
-                lines.append(f"{'(b) vLLM engine, greedy, concurrency ' + str(conc):<40}{len(lat):>8}"
-                             f"{len(lat) / wall:>11.3f}{p50:>9.2f}{p95:>9.2f}")
-            wall, lat = all_cores[32]
-            label = "(b') same, c=32, worker on all cores"
-            lines.append(f"{label:<40}{len(lat):>8}{len(lat) / wall:>11.3f}"
-                         f"{lat[len(lat) // 2]:>9.2f}{lat[min(len(lat) - 1, int(0.95 * len(lat)))]:>9.2f}")
+            lines += [engine_row(f"(b) vLLM engine, greedy, concurrency {conc}", *run) for conc, run in runs.items()]
+            lines.append(engine_row("(b') same, c=32, worker on all cores", *all_cores[32]))
             wall32, lat32 = runs[32]
             tables.append("\n".join(lines))
             speedups.append(f"speedup={(len(lat32) / wall32) / (args.baseline_videos / base[0.2]):.2f} critic={preset}")

@@ -39,11 +39,10 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.label_throughput import ENV, make_videos, write_manifest  # noqa: E402
-
 # the in-process engine's logs go to stderr with the servers': stdout carries the table alone
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+from benchmarks.label_throughput import ENV, make_videos, write_manifest  # noqa: E402
 from benchmarks.lift_servers import lift_serve  # noqa: E402
 
 

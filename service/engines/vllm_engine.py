@@ -38,7 +38,7 @@ from service.families.base import CriticFamily, PromptInputs, label_prefixes, se
 log = logging.getLogger("lift.engine")
 # vLLM's prefix cache reuses whole KV blocks only. With the CPU backend's default of 128 tokens, every request
 # after a video's first recomputed up to 127 tokens of shared prefix, and where those reached back into the
-# frames' tokens the vision encoder ran again for that request: 1.2x slower per video on the realistic critic
+# frames' tokens the vision encoder ran again for that request: 1.45x slower per video on the realistic critic
 # (benchmarks/profile_vllm_path.py), more the heavier the vision tower. 32 is the smallest block the CPU
 # attention kernel takes; GPUs default to 16.
 CPU_BLOCK_SIZE = 32

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from service.families import load_family
-from service.media import VideoFrames
+from service.media import VideoFrames, frames_from_array
 from service.rubric import DIMENSION_NAMES, LABELS
 from service.synthetic_videos import moving_square
 from service.tiny_critics import build_tiny_critic
@@ -24,8 +24,7 @@ def realistic(tmp_path_factory) -> Path:
 
 
 def _frames() -> VideoFrames:
-    frames = moving_square(num_frames=8, height=96, width=128, colour="red", seed=0)
-    return VideoFrames(frames=frames, indices=list(range(8)), total_frames=8, fps=8.0, duration_s=1.0)
+    return frames_from_array(moving_square(num_frames=8, height=96, width=128, colour="red", seed=0))
 
 
 def test_token_counts_are_lift_critic_13b_s(realistic):
