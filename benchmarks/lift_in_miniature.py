@@ -3,7 +3,7 @@ fine-tune the generator on its rewards, and judge the generator by the raters' o
 
 1. generator: `build_tiny_generator` at miniature size, pre-trained on synthetic captioned clips
    (`finetune.miniature.pretrain`): a coloured scene with a gliding square, imperfect on purpose (wrong
-   colour, a shaking square, a deformed square), so its samples differ in what the rules judge;
+   colour, a light switched mid-clip, an underexposed picture), so its samples differ in what the rules judge;
 2. ratings: `lift finetune generate` samples, rated by hidden rules (`finetune.miniature.rules`, one per
    LiFT dimension, Good/Normal/Bad + reason), written in LiFT's release format;
 3. `lift critic train` on those ratings, `lift critic eval` on held-out rated samples (through the server);
@@ -69,13 +69,13 @@ class Settings:
     critic_batch: int = 8
     critic_lr: float = 1e-3
     seeds: tuple[int, ...] = (0, 1, 2)
-    rounds: int = 2
+    rounds: int = 3
     loop_per_prompt: int = 12  # over the 9 fine-tuning prompts
     steps_per_round: int = 120
     loop_batch: int = 8
     loop_lr: float = 2e-3
     loop_rank: int = 8
-    judge_per_prompt: int = 10  # over the 6 held-out prompts
+    judge_per_prompt: int = 30  # over the 6 held-out prompts (180 videos per model: sampling is cheap)
 
 
 QUICK = Settings(vae_steps=6, vae_batch=4, pretrain_clips=64, transformer_steps=30, transformer_batch=16,
@@ -407,10 +407,10 @@ def report(out: Path, s: Settings, pre, train_ratings, heldout_ratings, loops: d
         dim_results[d] = {"before": b, "lift": lift_scores, "flat": flat_scores, "lift_good": lift_good,
                           "flat_good": flat_good, "before_good": base[d].good_rate, "improved": ok,
                           "worse_than_control_beyond_spread": lm < fm - max(fsd, lsd)}
-    meas = ["| model | named-colour share | jitter (px) | shape (short/long side) |", "|---|---:|---:|---:|"]
+    meas = ["| model | named-colour share | light jump | exposure |", "|---|---:|---:|---:|"]
     for name, j in judged.items():
         m = j["measurements"]
-        meas.append(f"| {name} | {m['named_colour_share']:.3f} | {m['jitter_px']:.2f} | {m['shape']:.2f} |")
+        meas.append(f"| {name} | {m['named_colour_share']:.3f} | {m['light_jump']:.3f} | {m['exposure']:.2f} |")
     lines += ["", "Raw measurements behind the rules (held-out prompts):", "", *meas, ""]
     plot_frames(judge_dirs, out / "frames", s.seeds[0])
     total = time.time() - t_start

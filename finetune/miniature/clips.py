@@ -1,27 +1,27 @@
 """Synthetic captioned clips for pre-training the tiny generator: what it learns to draw.
 
-A clip is a scene of one colour with a grey square gliding across it, captioned "a <colour> <subject>".
-Like web video, the data is imperfect on purpose, so the pre-trained generator's samples differ in exactly
-what the hidden rules judge (`finetune.miniature.rules`):
+A clip is a scene of one colour with a grey square gliding across it, captioned "a <colour> <subject>",
+under a light that may be wrong. Like web video, the data is imperfect on purpose, so the pre-trained
+generator's samples differ in exactly what the hidden rules judge (`finetune.miniature.rules`):
 - the scene is the caption's colour only `p_match` of the time (otherwise another palette colour);
-- the square sometimes shakes (`p_jitter`: it zig-zags sideways by +-`jitter_px` around its path, every
-  frame the other way);
-- the square is sometimes deformed (`p_deform`: squashed into a flat bar of the same area, lying or
-  standing, `squash` = 1 - its short side / long side), LiFT's fidelity defect ("deformed ... or other
-  unrealistic elements").
-Both defects are low-dimensional on purpose (a shake amplitude, a squash), and the kind of thing the tiny
-VAE redraws in the few hundred steps a CPU run gives it (the square's position and shape). Grain was tried
-first and dropped: pixel-fine or 4-px block grain, static or flickering, and a per-frame brightness flicker
-were all still averaged away by the VAE after 200-400 steps (measured: the fidelity rule's noise on
-reconstructions of grainy clips 1-2, as on clean ones, against 17-37 on the clips), so the generator could
-never have drawn them.
+- the light jumps (`p_jump`: it is switched mid-clip, from 1 + `light_jump` of its level to 1 - that, or
+  the other way), a break in continuity (LiFT's motion dimension: continuity from frame to frame);
+- the picture is underexposed (`p_dark`: every pixel scaled by `exposure`, 0.35-0.55), an image-quality
+  defect (LiFT's fidelity dimension).
+All three defects are properties of whole frames on purpose. Defects of the square itself were tried first
+and dropped, with measurements (so was a light that flickers every other frame: the VAE smoothed a fifth
+of it away and the generator never drew it, every sample steady): after 3,000 transformer steps (2 or 4 layers, 64-128 wide, squares of 10 or
+14 px, latents of 4 or 8 channels) the tiny generator still drew the square as a shapeless blob that moved
+from place to place between frames, so every sample's centroid jitter was Bad (7-10 px) and its shape never a
+bar: the rules could not tell its samples apart and no reward could prefer one. Grain (pixel or 4-px blocks,
+static or flickering) was dropped before that: the VAE averaged it away. Whole-frame colour and light are
+what the tiny VAE keeps and the tiny transformer learns in the minutes a CPU run has.
 Each defect is independent of the others and of the caption. Reward-weighted fine-tuning should move the
-generator's samples towards the clean, smooth, caption-matching mode.
+generator's samples towards the caption-matching, steady, well-exposed mode.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,18 +61,18 @@ class ClipDefects:
     """How likely each imperfection is in the pre-training data, and how strong it is when present."""
 
     p_match: float = 0.6  # scene colour = caption colour
-    p_jitter: float = 0.4
-    jitter_px: tuple[float, float] = (2.0, 5.0)  # zig-zag amplitude of the square, uniform range
-    p_deform: float = 0.4
-    squash: tuple[float, float] = (0.5, 0.7)  # 1 - short/long side of the deformed square, uniform range
+    p_jump: float = 0.4
+    light_jump: tuple[float, float] = (0.12, 0.25)  # +- share of the light before / after the switch, uniform
+    p_dark: float = 0.4
+    exposure: tuple[float, float] = (0.35, 0.55)  # light level of an underexposed clip, uniform range
 
 
 @dataclass(frozen=True)
 class ClipSpec:
     caption: str
     scene_colour: str
-    jitter_px: float  # 0 = a straight glide
-    squash: float  # 0 = a square
+    light_jump: float = 0.0  # 0 = a steady light
+    exposure: float = 1.0  # 1 = well exposed
 
 
 def sample_spec(rng: np.random.Generator, subjects: Sequence[str], defects: ClipDefects = ClipDefects()) -> ClipSpec:
@@ -84,44 +84,35 @@ def sample_spec(rng: np.random.Generator, subjects: Sequence[str], defects: Clip
     else:
         others = [c for c in colours if c != named]
         scene = others[int(rng.integers(len(others)))]
-    jitter = float(rng.uniform(*defects.jitter_px)) if rng.random() < defects.p_jitter else 0.0
-    squash = float(rng.uniform(*defects.squash)) if rng.random() < defects.p_deform else 0.0
-    return ClipSpec(caption(named, subject), scene, jitter, squash)
+    jump = float(rng.uniform(*defects.light_jump)) if rng.random() < defects.p_jump else 0.0
+    exposure = float(rng.uniform(*defects.exposure)) if rng.random() < defects.p_dark else 1.0
+    return ClipSpec(caption(named, subject), scene, jump, exposure)
 
 
-def subject_size(side: int, squash: float, standing: bool) -> tuple[int, int]:
-    """(width, height) px of the subject: a `side` square, or a bar of the same area and sides in the
-    ratio 1 - squash."""
-    if squash <= 0:
-        return side, side
-    r = math.sqrt(1.0 - squash)
-    long, short = max(1, round(side / r)), max(1, round(side * r))
-    return (short, long) if standing else (long, short)
+def light(spec: ClipSpec, num_frames: int, phase: float, switch: int) -> np.ndarray:
+    """(num_frames,) light level of each frame: the exposure, times 1 + phase * light_jump before frame
+    `switch` and 1 - phase * light_jump from it on."""
+    sign = phase * np.where(np.arange(num_frames) < switch, 1.0, -1.0)
+    return spec.exposure * (1.0 + spec.light_jump * sign)
 
 
 def render(spec: ClipSpec, rng: np.random.Generator, *, size: int = 32, num_frames: int = 9,
            side: int | None = None) -> np.ndarray:
-    """(num_frames, size, size, 3) uint8: the scene colour and a grey square (a bar when deformed) on a
-    straight path, zig-zagging +-`jitter_px` across it when shaken."""
+    """(num_frames, size, size, 3) uint8: the scene colour and a grey square on a straight path, every frame
+    lit at `light(...)`."""
     side = side or max(4, size // 3)
-    w, h = subject_size(side, spec.squash, bool(rng.random() < 0.5))
-    hi = np.array([size - w, size - h], dtype=np.float64)
+    hi = np.array([size - side, size - side], dtype=np.float64)
     start, end = rng.uniform(0.0, 1.0, 2) * hi, rng.uniform(0.0, 1.0, 2) * hi
-    direction = end - start
-    norm = float(np.linalg.norm(direction))
-    # the shake is across the path (perpendicular), so it never reads as faster motion along it
-    across = np.array([-direction[1], direction[0]]) / norm if norm > 1e-6 else np.array([1.0, 0.0])
-    phase = 1.0 if rng.random() < 0.5 else -1.0
-    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
+    switch = int(rng.integers(num_frames // 3, num_frames - num_frames // 3 + 1))
+    levels = light(spec, num_frames, 1.0 if rng.random() < 0.5 else -1.0, switch)
+    frames = np.empty((num_frames, size, size, 3), dtype=np.float32)
     for i in range(num_frames):
         t = i / max(1, num_frames - 1)
-        pos = start + direction * t
-        if spec.jitter_px > 0:
-            pos = pos + across * spec.jitter_px * phase * (1.0 if i % 2 == 0 else -1.0)
-        x, y = np.clip(np.round(pos), 0, hi).astype(int)
+        x, y = np.clip(np.round(start + (end - start) * t), 0, hi).astype(int)
         frames[i] = COLOURS[spec.scene_colour]
-        frames[i, y:y + h, x:x + w] = SQUARE_GREY
-    return frames
+        frames[i, y:y + side, x:x + side] = SQUARE_GREY
+        frames[i] *= levels[i]
+    return np.clip(np.round(frames), 0, 255).astype(np.uint8)
 
 
 def batch(rng: np.random.Generator, n: int, subjects: Sequence[str], defects: ClipDefects = ClipDefects(), *,

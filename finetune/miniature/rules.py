@@ -1,15 +1,14 @@
 """The hidden "human" raters: one fixed rule per LiFT dimension, measured on the decoded video.
 
-- semantic consistency: which palette colour covers the frames. Good when the caption's colour is the
-  dominant one and covers at least half the pixels; Normal when it covers at least a quarter (present,
-  not dominant or weak); Bad otherwise.
-- motion smoothness: jitter = mean |second difference| of the subject's centroid path (px per frame^2):
-  a straight glide is ~1 (rounding), a square that zig-zags by +-a px is ~4a px. Good < 2, Normal < 5, Bad >= 5.
-  No subject found in any frame counts as no jitter.
-- video fidelity: is the subject intact? shape = short side / long side of the subject's bounding box
-  (median over the frames it is found in): a square is ~1, the pre-training clips' deformed squares
-  (squashed into bars, `clips.ClipDefects.squash`) 0.3-0.5. Good >= 0.75, Normal >= 0.55, Bad below,
-  and Bad when no subject is found in most frames (the subject is missing).
+- semantic consistency: which palette colour covers the frames (by hue: each pixel's colour divided by its
+  brightest channel, so a dark or flickering scene keeps its colour). Good when the caption's colour is the
+  dominant one and covers at least half the pixels; Normal when it covers at least a quarter; Bad otherwise.
+- motion smoothness (continuity from frame to frame): light jump = the largest change of a frame's light
+  level from one frame to the next, over the mean level (a frame's level: the median of its pixels'
+  brightest channel). A steady light is ~0; the pre-training clips' switched light (+-12-25 %) reads
+  0.24-0.5; the same change spread over several frames reads less. Good < 0.08, Normal < 0.2, Bad above.
+- video fidelity (is the picture usable?): exposure = mean frame level over the level of the dominant
+  palette colour fully lit. Good >= 0.8, Normal >= 0.6, Bad below (the underexposed clips are 0.35-0.55).
 Thresholds are fixed constants, set from the clean and corrupted pre-training clips before any generator
 was trained; they are the ground truth the critic must learn and the generator is judged by.
 Each rating has LiFT's label and a short reason; `write_ratings` writes LiFT's release format.
@@ -29,21 +28,17 @@ from service.rubric import DIMENSION_NAMES, LABEL_SCORES, LABELS
 
 SEMANTIC_GOOD_SHARE = 0.5
 SEMANTIC_NORMAL_SHARE = 0.25
-JITTER_GOOD_PX = 2.0
-JITTER_NORMAL_PX = 5.0
-SHAPE_GOOD = 0.75
-SHAPE_NORMAL = 0.55
-MIN_SUBJECT_PX = 4  # a subject smaller than this in a frame is not found there
-# A pixel belongs to the subject when it is this far (RGB distance, after a 3x3 blur) from the frame's
-# background colour: above what blurred pixel noise reaches, below the square's distance to any scene colour.
-FOREGROUND_DISTANCE = 60.0
+JUMP_GOOD = 0.08
+JUMP_NORMAL = 0.2
+EXPOSURE_GOOD = 0.8
+EXPOSURE_NORMAL = 0.6
 
 
 @dataclass(frozen=True)
 class Measurements:
-    colour_shares: dict[str, float]  # share of pixels nearest each palette colour (the grey square apart)
-    jitter_px: float
-    shape: float  # short / long side of the subject's box; 0 = no subject found in most frames
+    colour_shares: dict[str, float]  # share of pixels whose hue is nearest each palette colour (grey apart)
+    light_jump: float  # largest |frame-to-frame change of the light level| / mean level
+    exposure: float  # mean light level / the dominant colour's level fully lit
 
 
 @dataclass(frozen=True)
@@ -71,84 +66,44 @@ class Rating:
         return sum(d.score for d in self.dimensions.values()) / len(self.dimensions)
 
 
-def _box3(x: np.ndarray) -> np.ndarray:
-    """3x3 box mean over the two spatial axes of (..., H, W, C), edges replicated."""
-    pad = np.pad(x, [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)], mode="edge")
-    h, w = x.shape[-3], x.shape[-2]
-    acc = np.zeros_like(x, dtype=np.float32)
-    for dy in range(3):
-        for dx in range(3):
-            acc += pad[..., dy:dy + h, dx:dx + w, :]
-    return acc / 9.0
+def _hue(rgb: np.ndarray) -> np.ndarray:
+    """Colours divided by their brightest channel: the same hue at any light level."""
+    rgb = np.asarray(rgb, dtype=np.float32)
+    return rgb / np.maximum(rgb.max(-1, keepdims=True), 1.0)
 
 
 def colour_shares(frames: np.ndarray) -> dict[str, float]:
-    """Share of all pixels whose nearest reference colour is each palette colour."""
+    """Share of all pixels whose hue is nearest each palette colour's (grey, the subject's, counted apart)."""
     names = list(COLOURS)
-    refs = np.array([COLOURS[c] for c in names] + [SQUARE_GREY], dtype=np.float32)
-    px = frames.reshape(-1, 3).astype(np.float32)
+    refs = _hue([COLOURS[c] for c in names] + [SQUARE_GREY])
+    px = _hue(frames.reshape(-1, 3))
     nearest = np.argmin(((px[:, None, :] - refs[None]) ** 2).sum(-1), axis=1)
     counts = np.bincount(nearest, minlength=len(refs))
     return {c: float(counts[i] / len(px)) for i, c in enumerate(names)}
 
 
-def subject_masks(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(F, H, W) weights (how far each pixel is past the foreground distance from its frame's background
-    colour, after a 3x3 blur) and the (F, H, W) boolean subject mask (weight > 0)."""
-    blurred = _box3(frames.astype(np.float32))
-    f = blurred.shape[0]
-    background = np.median(blurred.reshape(f, -1, 3), axis=1)
-    dist = np.sqrt(((blurred - background[:, None, None, :]) ** 2).sum(-1))
-    weight = np.maximum(dist - FOREGROUND_DISTANCE, 0.0)
-    return weight, weight > 0
+def frame_levels(frames: np.ndarray) -> np.ndarray:
+    """(F,) light level of each frame: the median over its pixels of the brightest channel (the scene's, as
+    the scene covers most of the frame)."""
+    return np.median(frames.max(-1).reshape(frames.shape[0], -1).astype(np.float32), axis=1)
 
 
-def centroid_path(frames: np.ndarray) -> np.ndarray:
-    """(F, 2) subject centroid (x, y) per frame; frames where no subject is found take their neighbours'."""
-    weights, _ = subject_masks(frames)
-    f, h, w = weights.shape
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    path = np.full((f, 2), np.nan, dtype=np.float32)
-    for i in range(f):
-        weight = weights[i]
-        if weight.sum() > 1e-3 * h * w:
-            path[i] = ((weight * xs).sum() / weight.sum(), (weight * ys).sum() / weight.sum())
-    found = ~np.isnan(path[:, 0])
-    if not found.any():
-        return np.full((f, 2), [(w - 1) / 2, (h - 1) / 2], dtype=np.float32)
-    idx = np.arange(f)
-    for k in range(2):
-        path[:, k] = np.interp(idx, idx[found], path[found, k])
-    return path
-
-
-def jitter(frames: np.ndarray) -> float:
-    path = centroid_path(frames)
-    if len(path) < 3:
+def light_jump(frames: np.ndarray) -> float:
+    levels = frame_levels(frames)
+    if len(levels) < 2:
         return 0.0
-    accel = path[2:] - 2 * path[1:-1] + path[:-2]
-    return float(np.sqrt((accel ** 2).sum(-1)).mean())
+    return float(np.abs(np.diff(levels)).max() / max(float(levels.mean()), 1.0))
 
 
-def shape_ratio(frames: np.ndarray) -> float:
-    """Median over frames of the subject box's short side / long side; 0 when the subject is found in
-    fewer than half the frames."""
-    _, masks = subject_masks(frames)
-    ratios = []
-    for m in masks:
-        if m.sum() < MIN_SUBJECT_PX:
-            continue
-        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-        bh, bw = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
-        ratios.append(min(bh, bw) / max(bh, bw))
-    if 2 * len(ratios) < len(masks):
-        return 0.0
-    return float(np.median(ratios))
+def exposure(frames: np.ndarray, shares: dict[str, float]) -> float:
+    dominant = max(shares, key=shares.__getitem__)
+    return float(frame_levels(frames).mean() / max(COLOURS[dominant]))
 
 
 def measure(frames: np.ndarray) -> Measurements:
     """frames: uint8 (F, H, W, 3) as decoded from the video file."""
-    return Measurements(colour_shares(frames), jitter(frames), shape_ratio(frames))
+    shares = colour_shares(frames)
+    return Measurements(shares, light_jump(frames), exposure(frames, shares))
 
 
 def judge(m: Measurements, caption: str) -> dict[str, DimensionRating]:
@@ -164,20 +119,18 @@ def judge(m: Measurements, caption: str) -> dict[str, DimensionRating]:
         semantic = DimensionRating("Normal", f"The scene is partly {named} and partly {dominant}")
     else:
         semantic = DimensionRating("Bad", f"The scene is {dominant} but the caption says {named}")
-    if m.jitter_px < JITTER_GOOD_PX:
-        motion = DimensionRating("Good", "The object moves smoothly")
-    elif m.jitter_px < JITTER_NORMAL_PX:
-        motion = DimensionRating("Normal", "The object shakes a little between frames")
+    if m.light_jump < JUMP_GOOD:
+        motion = DimensionRating("Good", "The light is steady from frame to frame")
+    elif m.light_jump < JUMP_NORMAL:
+        motion = DimensionRating("Normal", "The light changes a little between frames")
     else:
-        motion = DimensionRating("Bad", "The object jumps between frames")
-    if m.shape <= 0:
-        fidelity = DimensionRating("Bad", "The object is missing")
-    elif m.shape >= SHAPE_GOOD:
-        fidelity = DimensionRating("Good", "The object keeps its shape")
-    elif m.shape >= SHAPE_NORMAL:
-        fidelity = DimensionRating("Normal", "The object is a little deformed")
+        motion = DimensionRating("Bad", "The light jumps between frames")
+    if m.exposure >= EXPOSURE_GOOD:
+        fidelity = DimensionRating("Good", "The picture is well exposed")
+    elif m.exposure >= EXPOSURE_NORMAL:
+        fidelity = DimensionRating("Normal", "The picture is a little dark")
     else:
-        fidelity = DimensionRating("Bad", "The object is deformed")
+        fidelity = DimensionRating("Bad", "The picture is too dark")
     return {"semantic_consistency": semantic, "motion_smoothness": motion, "video_fidelity": fidelity}
 
 
@@ -268,5 +221,5 @@ def mean_measurements(ratings: Sequence[Rating]) -> Mapping[str, float]:
     n = max(1, len(ratings))
     named = [r.measurements.colour_shares.get(colour_of(r.caption) or "", 0.0) for r in ratings]
     return {"named_colour_share": sum(named) / n,
-            "jitter_px": sum(r.measurements.jitter_px for r in ratings) / n,
-            "shape": sum(r.measurements.shape for r in ratings) / n}
+            "light_jump": sum(r.measurements.light_jump for r in ratings) / n,
+            "exposure": sum(r.measurements.exposure for r in ratings) / n}
