@@ -45,7 +45,8 @@ def make_videos(folder: Path, n: int, first: int = 0) -> list[Path]:
             for i in range(first, first + n)]
 
 
-def original_way(model_dir: Path, videos: list[Path], max_new_tokens: int, temperature: float) -> float:
+def original_way(model_dir: Path, videos: list[Path], max_new_tokens: int, temperature: float,
+                 dtype: str = "float32") -> float:
     """LiFT's evaluation loop: per question, decode the video and generate the answer; batch 1."""
     import torch
     from transformers import AutoModelForImageTextToText
@@ -55,7 +56,7 @@ def original_way(model_dir: Path, videos: list[Path], max_new_tokens: int, tempe
     from service.rubric import DIMENSION_NAMES
 
     family = Qwen2VLFamily(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
     t0 = time.perf_counter()
     with torch.inference_mode():
         for video in videos:
@@ -69,12 +70,13 @@ def original_way(model_dir: Path, videos: list[Path], max_new_tokens: int, tempe
     return time.perf_counter() - t0
 
 
-async def engine_way(model_dir: Path, videos: dict[int, list[Path]], max_new_tokens: int, all_cores: bool = False) -> dict:
+async def engine_way(model_dir: Path, videos: dict[int, list[Path]], max_new_tokens: int, all_cores: bool = False,
+                     dtype: str = "float32") -> dict:
     """Videos per concurrency, each list its own (none scored twice), plus one more for the warm-up under -1."""
     from service.critic import Critic
     from service.protocol import ScoreOptions
 
-    critic = Critic.from_pretrained(model_dir, engine="vllm", dtype="float32", max_model_len=4096, max_num_seqs=256)
+    critic = Critic.from_pretrained(model_dir, engine="vllm", dtype=dtype, max_model_len=4096, max_num_seqs=256)
     saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
     if all_cores:  # read by the worker when it starts
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{(os.cpu_count() or 1) - 1}"
@@ -118,6 +120,9 @@ def main() -> None:
     ap.add_argument("--baseline-videos", type=int, default=24)
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--critics", default="tiny,realistic", help="comma-separated presets, in the order measured")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="both ways in this dtype (bfloat16: the service's CPU default, AMX/AVX512-BF16 kernels)")
+    ap.add_argument("--no-all-cores", action="store_true", help="skip the (b') row")
     args = ap.parse_args()
 
     from service.tiny_critics import build_tiny_critic
@@ -135,18 +140,20 @@ def main() -> None:
         for preset in args.critics.split(","):
             model_dir = build_tiny_critic(tmp_path / preset, family="qwen2_vl", seed=0, preset=preset)
             # the original loop caches nothing between videos, so both of its runs may use the same videos
-            base = {t: original_way(model_dir, sets["original"][-2], args.max_new_tokens, t) for t in (0.2, 0.0)}
-            runs = asyncio.run(engine_way(model_dir, sets["engine"], args.max_new_tokens))
-            all_cores = asyncio.run(engine_way(model_dir, sets["all cores"], args.max_new_tokens, all_cores=True))
+            base = {t: original_way(model_dir, sets["original"][-2], args.max_new_tokens, t, args.dtype) for t in (0.2, 0.0)}
+            runs = asyncio.run(engine_way(model_dir, sets["engine"], args.max_new_tokens, dtype=args.dtype))
+            all_cores = None if args.no_all_cores else asyncio.run(
+                engine_way(model_dir, sets["all cores"], args.max_new_tokens, all_cores=True, dtype=args.dtype))
             lines = [f"\ncritic throughput, {preset} qwen2_vl critic, 8 frames, max new tokens {args.max_new_tokens}, "
-                     f"{os.cpu_count()} CPU cores",
+                     f"{os.cpu_count()} CPU cores, {args.dtype}",
                      f"{'way':<40}{'videos':>8}{'videos/s':>11}{'p50 s':>9}{'p95 s':>9}"]
             for t, wall in base.items():
                 label = f"(a) original, bs=1, {'T=0.2 sampled' if t else 'greedy'}"
                 lines.append(f"{label:<40}{args.baseline_videos:>8}{args.baseline_videos / wall:>11.3f}"
                              f"{wall / args.baseline_videos:>9.2f}{'':>9}")
             lines += [engine_row(f"(b) vLLM engine, greedy, concurrency {conc}", *run) for conc, run in runs.items()]
-            lines.append(engine_row("(b') same, c=32, worker on all cores", *all_cores[32]))
+            if all_cores:
+                lines.append(engine_row("(b') same, c=32, worker on all cores", *all_cores[32]))
             wall32, lat32 = runs[32]
             tables.append("\n".join(lines))
             speedups.append(f"speedup={(len(lat32) / wall32) / (args.baseline_videos / base[0.2]):.2f} critic={preset}")

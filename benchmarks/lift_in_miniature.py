@@ -62,10 +62,10 @@ class Settings:
     transformer_batch: int = 32
     sample_steps: int = 10
     guidance: float = 3.0
-    rate_per_prompt: int = 24  # rated videos per prompt for critic training (15 prompts)
+    rate_per_prompt: int = 48  # rated videos per prompt for critic training (15 prompts)
     heldout_per_prompt: int = 4  # rated videos per prompt for critic eval
     fresh_per_prompt: int = 2  # fresh batch for `lift label`
-    critic_steps: int = 2000
+    critic_steps: int = 3000
     critic_batch: int = 8
     critic_lr: float = 1e-3
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -118,13 +118,15 @@ def generate(model: Path, prompts: Path, out: Path, *, per_prompt: int, seed: in
     return manifest
 
 
-def rate(manifest: Path, ratings_path: Path, *, balance: bool = False):
-    """Rate a manifest's videos with the hidden rules and write them in LiFT's format (the training set with
-    each dimension's rarer labels oversampled: `rules.balanced`)."""
-    from finetune.miniature.rules import rate_manifest, write_ratings
+def rate(manifest: Path, ratings_path: Path, *, training: bool = False):
+    """Rate a manifest's videos with the hidden rules and write them in LiFT's format. A training set also
+    gets every video rated against a counterfactual caption (`rules.counterfactual`) and each dimension's
+    rarer labels oversampled (`rules.balanced`). Returns the ratings of the videos' own captions."""
+    from finetune.miniature.rules import counterfactual, rate_manifest, write_ratings
 
     ratings = rate_manifest(manifest)
-    write_ratings(ratings, ratings_path, relative_to=manifest.parent / "videos", balance=balance)
+    written = ratings + [counterfactual(r) for r in ratings] if training else ratings
+    write_ratings(written, ratings_path, relative_to=manifest.parent / "videos", balance=training)
     return ratings
 
 
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.time()
     rated = generate(model, all_prompts, out / "rated_train", per_prompt=s.rate_per_prompt, seed=100_000, s=s)
     heldout = generate(model, all_prompts, out / "rated_heldout", per_prompt=s.heldout_per_prompt, seed=200_000, s=s)
-    train_ratings = rate(rated, out / "rated_train" / "ratings.json", balance=True)
+    train_ratings = rate(rated, out / "rated_train" / "ratings.json", training=True)
     heldout_ratings = rate(heldout, out / "rated_heldout" / "ratings.json")
     tick("2 generate + rate", t)
 

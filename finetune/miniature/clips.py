@@ -56,6 +56,14 @@ def colour_of(text: str) -> str | None:
     return None
 
 
+def recolour(text: str, colour: str) -> str:
+    """The caption with the palette colour it names replaced by `colour`."""
+    named = colour_of(text)
+    if named is None:
+        raise ValueError(f"caption {text!r} names no palette colour")
+    return " ".join(colour if w == named else w for w in text.split(" "))
+
+
 @dataclass(frozen=True)
 class ClipDefects:
     """How likely each imperfection is in the pre-training data, and how strong it is when present."""

@@ -62,12 +62,21 @@ def test_every_stage_hands_the_next_a_valid_artifact(tmp_path: Path, capsys: pyt
     # 1. a pipeline folder the finetune commands load, with its pre-training record
     assert (out / "generator" / "model_index.json").is_file()
     assert (out / "generator" / "miniature_pretrain.json").is_file()
-    # 2. ratings in LiFT's release format, read by the reader `lift critic train` uses: 3 per video
+    # 2. ratings in LiFT's release format, read by the reader `lift critic train` uses: 3 per held-out video;
+    # every training video rated against its own caption and a counterfactual one (oversampled, balanced)
     for split in ("rated_train", "rated_heldout"):
         videos = read_jsonl(out / split / "manifest.jsonl")
         examples = load_rated_data(out / split / "ratings.json", out / split / "videos")
-        assert len(examples) == 3 * len(videos) > 0
         assert {e.dimension for e in examples} == {"semantic_consistency", "motion_smoothness", "video_fidelity"}
+        if split == "rated_heldout":
+            assert len(examples) == 3 * len(videos) > 0
+            continue
+        captions: dict[str, set[str]] = {}
+        for e in examples:
+            captions.setdefault(Path(e.video).name, set()).add(e.caption)
+        for v in videos:
+            own = captions[Path(v["video"]).name]
+            assert v["prompt"] in own and len(own) == 2, (v, own)
     # 3. the trained critic and its evaluation, scored through the server
     assert (out / "critic" / "lift_training.json").is_file() and (out / "critic" / "config.json").is_file()
     report = json.loads((out / "critic_eval" / "report.json").read_text())

@@ -129,3 +129,23 @@ def test_balanced_oversamples_each_dimensions_rarer_labels() -> None:
     for d in ("semantic_consistency", "motion_smoothness", "video_fidelity"):
         got = [e.label for e in out if e.dimension == d]
         assert got.count("Good") == 9 and got.count("Bad") == 4, (d, got)
+
+
+def test_counterfactual_captions_give_each_video_the_other_semantic_label() -> None:
+    """A matching video gets a caption naming another colour (Bad), a mismatched one its own colour (Good);
+    motion and fidelity do not depend on the caption."""
+    from finetune.miniature.clips import recolour
+    from finetune.miniature.rules import counterfactual
+
+    assert recolour("a red car", "blue") == "a blue car"
+    with pytest.raises(ValueError):
+        recolour("a car", "blue")
+    for spec, want in ((ClipSpec("a red car", "red", light_jump=0.2), "Bad"),
+                       (ClipSpec("a green dog", "blue", exposure=0.4), "Good")):
+        rating = rate_frames(render(spec, np.random.default_rng(0)), spec.caption)
+        cf = counterfactual(rating)
+        assert cf.caption != rating.caption and cf.dimensions["semantic_consistency"].label == want, cf
+        for d in ("motion_smoothness", "video_fidelity"):
+            assert cf.dimensions[d] == rating.dimensions[d]
+    assert counterfactual(rate_frames(render(ClipSpec("a green dog", "blue"), np.random.default_rng(0)),
+                                      "a green dog")).caption == "a blue dog"
