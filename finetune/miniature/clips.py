@@ -9,13 +9,15 @@ generator's samples differ in exactly what the hidden rules judge (`finetune.min
 - the picture is underexposed (`p_dark`: every pixel scaled by `exposure`, 0.35-0.55), an image-quality
   defect (LiFT's fidelity dimension).
 All three defects are properties of whole frames on purpose. Defects of the square itself were tried first
-and dropped, with measurements (so was a light that flickers every other frame: the VAE smoothed a fifth
-of it away and the generator never drew it, every sample steady): after 3,000 transformer steps (2 or 4 layers, 64-128 wide, squares of 10 or
+and dropped, with measurements: after 3,000 transformer steps (2 or 4 layers, 64-128 wide, squares of 10 or
 14 px, latents of 4 or 8 channels) the tiny generator still drew the square as a shapeless blob that moved
 from place to place between frames, so every sample's centroid jitter was Bad (7-10 px) and its shape never a
-bar: the rules could not tell its samples apart and no reward could prefer one. Grain (pixel or 4-px blocks,
-static or flickering) was dropped before that: the VAE averaged it away. Whole-frame colour and light are
-what the tiny VAE keeps and the tiny transformer learns in the minutes a CPU run has.
+bar: the rules could not tell its samples apart and no reward could prefer one. A light flickering every
+other frame was dropped too (the VAE kept 78 % of its labels, the generator drew none: every sample steady),
+and grain (pixel or 4-px blocks, static or flickering) before that (the VAE averaged it away). Whole-frame
+colour and light level are what the tiny VAE keeps and the tiny transformer learns in the minutes a CPU run
+has; the light switch is only partly kept (the VAE spreads it over 2-3 frames, the generator draws a steady
+light: see the README's miniature section).
 Each defect is independent of the others and of the caption. Reward-weighted fine-tuning should move the
 generator's samples towards the caption-matching, steady, well-exposed mode.
 """

@@ -36,9 +36,9 @@ class GeneratorShape:
 
     Its VAE compresses less than `build_tiny_generator`'s (8x space, 4x time: a 32 px, 9-frame clip in
     3 x 4 x 4 latents): 3 blocks of 16 channels, 4x in space and none in time (9 x 8 x 8 latents). The
-    tiny VAE at 8x / 4x learnt only the scene colour in the time a CPU run has: a defect that changes every
-    other frame (a flickering light) cannot be kept in 3 latent frames. CogVideoX's VAE does this with `temporal_compression_ratio=1` and fewer blocks; the
-    pipeline, the trainer and the sampler read both factors from the configs."""
+    tiny VAE at 8x / 4x learnt only the scene colour in the time a CPU run has: a change from one frame to
+    the next cannot be kept in 3 latent frames. CogVideoX's VAE does this with `temporal_compression_ratio=1`
+    and fewer blocks; the pipeline, the trainer and the sampler read both factors from the configs."""
 
     latent_channels: int = 8
     vae_channels: tuple[int, ...] = (16, 16, 16)
