@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--critic-steps", type=int, default=None)
     ap.add_argument("--transformer-steps", type=int, default=None)
     ap.add_argument("--steps-per-round", type=int, default=None, help="LoRA steps per fine-tuning round")
+    ap.add_argument("--loop-per-prompt", type=int, default=None, help="videos per fine-tuning prompt and round")
     ap.add_argument("--loop-lr", type=float, default=None, help="LoRA learning rate of the fine-tuning loop")
     ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance when sampling (default 3)")
     ap.add_argument("--threads", type=int, default=1,
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                          "CPU, and on a busy CPU two threads ran the VAE 20x slower than one)")
     args = ap.parse_args(argv)
     s = QUICK if args.quick else Settings()
-    for name in ("rounds", "critic_steps", "transformer_steps", "guidance", "steps_per_round", "loop_lr"):
+    for name in ("rounds", "critic_steps", "transformer_steps", "guidance", "steps_per_round", "loop_lr",
+                 "loop_per_prompt"):
         if getattr(args, name) is not None:
             s = replace(s, **{name: getattr(args, name)})
     if args.seeds:
