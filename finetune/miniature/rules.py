@@ -88,22 +88,23 @@ def frame_levels(frames: np.ndarray) -> np.ndarray:
     return np.median(frames.max(-1).reshape(frames.shape[0], -1).astype(np.float32), axis=1)
 
 
-def light_jump(frames: np.ndarray) -> float:
-    levels = frame_levels(frames)
+def light_jump(levels: np.ndarray) -> float:
+    """The largest frame-to-frame change of `frame_levels`, over their mean."""
     if len(levels) < 2:
         return 0.0
     return float(np.abs(np.diff(levels)).max() / max(float(levels.mean()), 1.0))
 
 
-def exposure(frames: np.ndarray, shares: dict[str, float]) -> float:
+def exposure(levels: np.ndarray, shares: dict[str, float]) -> float:
+    """The mean of `frame_levels` over the dominant palette colour's level fully lit."""
     dominant = max(shares, key=shares.__getitem__)
-    return float(frame_levels(frames).mean() / max(COLOURS[dominant]))
+    return float(levels.mean() / max(COLOURS[dominant]))
 
 
 def measure(frames: np.ndarray) -> Measurements:
     """frames: uint8 (F, H, W, 3) as decoded from the video file."""
-    shares = colour_shares(frames)
-    return Measurements(shares, light_jump(frames), exposure(frames, shares))
+    shares, levels = colour_shares(frames), frame_levels(frames)
+    return Measurements(shares, light_jump(levels), exposure(levels, shares))
 
 
 def judge(m: Measurements, caption: str) -> dict[str, DimensionRating]:
