@@ -132,7 +132,9 @@ def main() -> None:
         tmp_path = Path(tmp)
         # every run its own videos: the original's, then per engine run and concurrency (plus a warm-up video)
         plan = [("original", -2, args.baseline_videos), ("engine", -1, 1), ("engine", 1, args.videos),
-                ("engine", 8, args.videos), ("engine", 32, args.videos), ("all cores", -1, 1), ("all cores", 32, args.videos)]
+                ("engine", 8, args.videos), ("engine", 32, args.videos)]
+        if not args.no_all_cores:
+            plan += [("all cores", -1, 1), ("all cores", 32, args.videos)]
         first, sets = 0, {}
         for way, conc, n in plan:
             sets.setdefault(way, {})[conc] = make_videos(tmp_path, n, first)

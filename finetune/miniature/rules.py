@@ -1,7 +1,7 @@
 """The hidden "human" raters: one fixed rule per LiFT dimension, measured on the decoded video.
 
 - semantic consistency: which palette colour covers the frames (by hue: each pixel's colour divided by its
-  brightest channel, so a dark or flickering scene keeps its colour). Good when the caption's colour is the
+  brightest channel, so a dark or relit scene keeps its colour). Good when the caption's colour is the
   dominant one and covers at least half the pixels; Normal when it covers at least a quarter; Bad otherwise.
 - motion smoothness (continuity from frame to frame): light jump = the largest change of a frame's light
   level from one frame to the next, over the mean level (a frame's level: the median of its pixels'
@@ -82,6 +82,10 @@ def colour_shares(frames: np.ndarray) -> dict[str, float]:
     return {c: float(counts[i] / len(px)) for i, c in enumerate(names)}
 
 
+def dominant_colour(shares: dict[str, float]) -> str:
+    return max(shares, key=shares.__getitem__)
+
+
 def frame_levels(frames: np.ndarray) -> np.ndarray:
     """(F,) light level of each frame: the median over its pixels of the brightest channel (the scene's, as
     the scene covers most of the frame)."""
@@ -97,8 +101,7 @@ def light_jump(levels: np.ndarray) -> float:
 
 def exposure(levels: np.ndarray, shares: dict[str, float]) -> float:
     """The mean of `frame_levels` over the dominant palette colour's level fully lit."""
-    dominant = max(shares, key=shares.__getitem__)
-    return float(levels.mean() / max(COLOURS[dominant]))
+    return float(levels.mean() / max(COLOURS[dominant_colour(shares)]))
 
 
 def measure(frames: np.ndarray) -> Measurements:
@@ -110,7 +113,7 @@ def measure(frames: np.ndarray) -> Measurements:
 def judge(m: Measurements, caption: str) -> dict[str, DimensionRating]:
     named = colour_of(caption)
     shares = m.colour_shares
-    dominant = max(shares, key=shares.__getitem__)
+    dominant = dominant_colour(shares)
     share = shares.get(named, 0.0) if named else 0.0
     if named is None:
         semantic = DimensionRating("Bad", "The caption names no colour the scene could match")
@@ -192,7 +195,7 @@ def counterfactual(rating: Rating) -> Rating:
 
     named = colour_of(rating.caption)
     shares = rating.measurements.colour_shares
-    dominant = max(shares, key=shares.__getitem__)
+    dominant = dominant_colour(shares)
     palette = list(COLOURS)
     other = dominant if dominant != named else palette[(palette.index(dominant) + 1) % len(palette)]
     caption = recolour(rating.caption, other)
