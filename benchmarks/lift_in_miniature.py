@@ -3,7 +3,7 @@ fine-tune the generator on its rewards, and judge the generator by the raters' o
 
 1. generator: `build_tiny_generator` at miniature size, pre-trained on synthetic captioned clips
    (`finetune.miniature.pretrain`): a coloured scene with a gliding square, imperfect on purpose (wrong
-   colour, a light switched mid-clip, an underexposed picture), so its samples differ in what the rules judge;
+   colour, a light fading during the clip, an underexposed picture), so its samples differ in what the rules judge;
 2. ratings: `lift finetune generate` samples, rated by hidden rules (`finetune.miniature.rules`, one per
    LiFT dimension, Good/Normal/Bad + reason), written in LiFT's release format;
 3. `lift critic train` on those ratings, `lift critic eval` on held-out rated samples (through the server);
@@ -76,13 +76,18 @@ class Settings:
     loop_lr: float = 2e-3
     loop_rank: int = 8
     judge_per_prompt: int = 30  # over the 6 held-out prompts (180 videos per model: sampling is cheap)
+    # LiFT Eq. 3's lambda term: "real" videos (fresh clips from the pre-training data, fine-tuning subjects)
+    # trained on beside the rewarded samples, in both arms; it keeps self-training from drifting
+    real_clips: int = 512
+    real_weight: float = 1.0
+    real_batch: int = 8
 
 
 QUICK = Settings(vae_steps=6, vae_batch=4, pretrain_clips=64, transformer_steps=30, transformer_batch=16,
                  sample_steps=2, guidance=3.0,
                  rate_per_prompt=1, heldout_per_prompt=1, fresh_per_prompt=1, critic_steps=4, critic_batch=4,
                  seeds=(0,), rounds=1, loop_per_prompt=1, steps_per_round=2, loop_batch=4, loop_rank=4,
-                 judge_per_prompt=1)
+                 judge_per_prompt=1, real_clips=8, real_batch=2)
 
 
 def say(message: str) -> None:
@@ -115,6 +120,25 @@ def generate(model: Path, prompts: Path, out: Path, *, per_prompt: int, seed: in
     lift("finetune", "generate", "--model", str(model), "--prompts", str(prompts), "--out", str(out),
          "--per-prompt", str(per_prompt), "--steps", str(s.sample_steps), "--guidance-scale", str(s.guidance),
          "--seed", str(seed), "--batch-size", "8", *(["--lora", str(lora)] if lora else []))
+    return manifest
+
+
+def write_real_clips(out: Path, n: int, seed: int) -> Path:
+    """n fresh pre-training clips (fine-tuning subjects) as mp4 + JSONL {"video", "prompt"}: the loop's real
+    data. Written once; reused when complete."""
+    import numpy as np
+
+    from finetune.critic.synthetic import write_mp4
+    from finetune.miniature.clips import TRAIN_SUBJECTS, batch
+
+    manifest = out / "real.jsonl"
+    if manifest.is_file() and len(manifest.read_text().splitlines()) == n:
+        return manifest
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    specs, frames = batch(np.random.default_rng(seed), n, TRAIN_SUBJECTS)
+    rows = [json.dumps({"video": str(write_mp4(out / "videos" / f"real{i:05d}.mp4", f)), "prompt": spec.caption})
+            for i, (spec, f) in enumerate(zip(specs, frames))]
+    manifest.write_text("".join(r + "\n" for r in rows))
     return manifest
 
 
@@ -178,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps-per-round", type=int, default=None, help="LoRA steps per fine-tuning round")
     ap.add_argument("--loop-per-prompt", type=int, default=None, help="videos per fine-tuning prompt and round")
     ap.add_argument("--loop-lr", type=float, default=None, help="LoRA learning rate of the fine-tuning loop")
+    ap.add_argument("--real-weight", type=float, default=None,
+                    help="lambda of LiFT Eq. 3's real-data term in both arms (default 1; 0 = none)")
     ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance when sampling (default 3)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads in this process (default 1: `lift serve` holds the other core of a 2-core "
@@ -185,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     s = QUICK if args.quick else Settings()
     for name in ("rounds", "critic_steps", "transformer_steps", "guidance", "steps_per_round", "loop_lr",
-                 "loop_per_prompt"):
+                 "loop_per_prompt", "real_weight"):
         if getattr(args, name) is not None:
             s = replace(s, **{name: getattr(args, name)})
     if args.seeds:
@@ -250,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.loop import ServiceLabeler, run_loop
     from finetune.miniature.control import FlatRewardLabeler
 
+    real = write_real_clips(out / "real", s.real_clips, seed=400_000) if s.real_weight > 0 else None
     loops: dict[str, Path] = {}
     t = time.time()
     with lift_serve(critic, engine="vllm", log_dir=out, env=ENV) as (url,):
@@ -276,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
                          "--guidance-scale", str(s.guidance), "--seed", str(1000 * seed)]
             train_flags = ["--train-lora-rank", str(s.loop_rank), "--train-learning-rate", str(s.loop_lr),
                            "--train-batch-size", str(s.loop_batch), "--train-max-grad-norm", "1.0"]
+            if real is not None:
+                train_flags += ["--real", str(real), "--real-weight", str(s.real_weight),
+                                "--train-real-batch-size", str(s.real_batch)]
             if not (run / "loop_log.jsonl").is_file() or len((run / "loop_log.jsonl").read_text().splitlines()) \
                     < s.rounds + 1:
                 lift("finetune", "loop", *loop_args, "--server", url, *train_flags)
@@ -289,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                      sampling=SamplingConfig(num_inference_steps=s.sample_steps, guidance_scale=s.guidance,
                                              seed=1000 * seed),
                      train={"lora_rank": s.loop_rank, "learning_rate": s.loop_lr, "batch_size": s.loop_batch,
-                            "max_grad_norm": 1.0}, progress=False)
+                            "max_grad_norm": 1.0, "real": str(real) if real else None,
+                            "real_weight": s.real_weight, "real_batch_size": s.real_batch}, progress=False)
             loops[f"flat-s{seed}"] = ctrl
             tick(f"5 loop flat control seed {seed}", t)
     say("lift serve stopped")
@@ -373,8 +404,10 @@ def report(out: Path, s: Settings, pre, train_ratings, heldout_ratings, loops: d
         say(f"{name}: critic reward sd per round " + " ".join(f"{x:.3f}" for x in sp))
     lines += ["## 5. `lift finetune loop` against the served critic (fine-tuning prompts)", "",
               f"{s.rounds} rounds x {s.loop_per_prompt * 9} videos, {s.steps_per_round} LoRA steps per round "
-              f"(r={s.loop_rank}, lr {s.loop_lr:g}, batch {s.loop_batch}); flat = every reward of a round set to "
-              "its mean (same critic, same seeds)", "",
+              f"(r={s.loop_rank}, lr {s.loop_lr:g}, batch {s.loop_batch}); real-data term (Eq. 3's lambda) "
+              + (f"{s.real_weight:g} on {s.real_clips} pre-training clips, {s.real_batch} a step"
+                 if s.real_weight > 0 else "off")
+              + "; flat = every reward of a round set to its mean (same critic, same seeds, same real data)", "",
               "| run | critic reward per round (mean) | its sd over the round's samples | rule score per round "
               "(semantic / motion / fidelity) |", "|---|---|---|---|"]
     for name in logs:
@@ -411,10 +444,10 @@ def report(out: Path, s: Settings, pre, train_ratings, heldout_ratings, loops: d
         dim_results[d] = {"before": b, "lift": lift_scores, "flat": flat_scores, "lift_good": lift_good,
                           "flat_good": flat_good, "before_good": base[d].good_rate, "improved": ok,
                           "worse_than_control_beyond_spread": lm < fm - max(fsd, lsd)}
-    meas = ["| model | named-colour share | light jump | exposure |", "|---|---:|---:|---:|"]
+    meas = ["| model | named-colour share | light drift | exposure |", "|---|---:|---:|---:|"]
     for name, j in judged.items():
         m = j["measurements"]
-        meas.append(f"| {name} | {m['named_colour_share']:.3f} | {m['light_jump']:.3f} | {m['exposure']:.2f} |")
+        meas.append(f"| {name} | {m['named_colour_share']:.3f} | {m['light_drift']:.3f} | {m['exposure']:.2f} |")
     lines += ["", "Raw measurements behind the rules (held-out prompts):", "", *meas, ""]
     plot_frames(judge_dirs, out / "frames", s.seeds[0])
     total = time.time() - t_start

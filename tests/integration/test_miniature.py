@@ -53,7 +53,8 @@ def test_every_stage_hands_the_next_a_valid_artifact(tmp_path: Path, capsys: pyt
 
     out = tmp_path / "mini"
     assert main(["--quick", "--out", str(out)]) == 0
-    stdout = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    stdout = captured.out.strip().splitlines()
     last = stdout[-1]
     # stdout is the report alone: the `lift` commands' own output (paths, tables, summaries) goes to stderr
     assert stdout[0].startswith("# LiFT in miniature"), stdout[:3]
@@ -86,7 +87,16 @@ def test_every_stage_hands_the_next_a_valid_artifact(tmp_path: Path, capsys: pyt
     labels = read_jsonl(out / "fresh" / "labels.jsonl")
     assert len(labels) == len(fresh) and all(r["status"] == "ok" for r in labels)
     assert all(set(r["dimensions"]) == {"semantic_consistency", "motion_smoothness", "video_fidelity"} for r in labels)
-    # 5. the loop and its control: rewards over HTTP, flattened in the control, a LoRA per run
+    # 5. Eq. 3's real data (pre-training clips of the fine-tuning subjects, real mp4s the rules can read), then the
+    # loop and its control: rewards over HTTP, flattened in the control, a LoRA per run
+    from finetune.miniature.clips import HELDOUT_SUBJECTS
+    from finetune.miniature.rules import rate_video
+
+    real = read_jsonl(out / "real" / "real.jsonl")
+    assert len(real) == QUICK.real_clips
+    assert not any(subject in r["prompt"] for r in real for subject in HELDOUT_SUBJECTS)
+    assert all(rate_video(r["video"], r["prompt"]).measurements.exposure > 0 for r in real)
+    assert "encode real" in captured.err  # the LiFT loop's trainer encoded them for its lambda term
     for run in ("lift-s0", "flat-s0"):
         d = out / "loops" / run
         log = read_jsonl(d / "loop_log.jsonl")

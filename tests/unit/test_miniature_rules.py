@@ -31,14 +31,14 @@ def test_a_clean_matching_clip_is_good_on_every_dimension(seed: int) -> None:
 def test_each_defect_is_seen_by_its_own_rule_only(seed: int) -> None:
     assert labels(ClipSpec("a red car", "blue"), seed) == {
         "semantic_consistency": "Bad", "motion_smoothness": "Good", "video_fidelity": "Good"}
-    assert labels(ClipSpec("a green dog", "green", light_jump=0.15), seed) == {
+    assert labels(ClipSpec("a green dog", "green", light_fade=0.15), seed) == {
         "semantic_consistency": "Good", "motion_smoothness": "Bad", "video_fidelity": "Good"}
     assert labels(ClipSpec("a blue bird", "blue", exposure=0.45), seed) == {
         "semantic_consistency": "Good", "motion_smoothness": "Good", "video_fidelity": "Bad"}
 
 
 def test_weak_defects_are_normal() -> None:
-    lab = labels(ClipSpec("a red car", "red", light_jump=0.06, exposure=0.7), 0)
+    lab = labels(ClipSpec("a red car", "red", light_fade=0.07, exposure=0.7), 0)
     assert lab["motion_smoothness"] == "Normal" and lab["video_fidelity"] == "Normal"
 
 
@@ -60,7 +60,7 @@ def test_ratings_in_lift_format_read_back_by_the_critic_reader(tmp_path: Path) -
     vdir = tmp_path / "videos"
     vdir.mkdir()
     ratings = []
-    for i, spec in enumerate([ClipSpec("a red car", "red"), ClipSpec("a blue dog", "green", light_jump=0.2, exposure=0.4)]):
+    for i, spec in enumerate([ClipSpec("a red car", "red"), ClipSpec("a blue dog", "green", light_fade=0.2, exposure=0.4)]):
         frames = render(spec, np.random.default_rng(i))
         path = write_mp4(vdir / f"v{i}.mp4", frames)
         ratings.append(rate_frames(frames, spec.caption, path))
@@ -97,7 +97,7 @@ def test_flat_control_gives_every_sample_the_round_mean(tmp_path: Path) -> None:
 def test_a_dark_or_relit_scene_keeps_its_colour(exposure: float) -> None:
     """Light and colour are judged apart: the hue, not the brightness, says which colour a scene is."""
     for colour in ("red", "green", "blue"):
-        frames = render(ClipSpec(f"a {colour} car", colour, light_jump=0.25, exposure=exposure), np.random.default_rng(0))
+        frames = render(ClipSpec(f"a {colour} car", colour, light_fade=0.25, exposure=exposure), np.random.default_rng(0))
         rating = rate_frames(frames, f"a {colour} car")
         assert rating.dimensions["semantic_consistency"].label == "Good", (colour, rating.measurements)
         assert rating.dimensions["motion_smoothness"].label == "Bad"
@@ -123,7 +123,7 @@ def test_the_rules_read_the_same_labels_from_an_mp4() -> None:
 def test_balanced_oversamples_each_dimensions_rarer_labels() -> None:
     from finetune.miniature.rules import balanced, to_examples
 
-    specs = [ClipSpec("a red car", "red")] * 9 + [ClipSpec("a red car", "blue", light_jump=0.2, exposure=0.4)]
+    specs = [ClipSpec("a red car", "red")] * 9 + [ClipSpec("a red car", "blue", light_fade=0.2, exposure=0.4)]
     ratings = [rate_frames(render(s, np.random.default_rng(i)), s.caption, f"v{i}.mp4") for i, s in enumerate(specs)]
     out = balanced(to_examples(ratings), max_repeat=4)
     for d in ("semantic_consistency", "motion_smoothness", "video_fidelity"):
@@ -140,7 +140,7 @@ def test_counterfactual_captions_give_each_video_the_other_semantic_label() -> N
     assert recolour("a red car", "blue") == "a blue car"
     with pytest.raises(ValueError):
         recolour("a car", "blue")
-    for spec, want in ((ClipSpec("a red car", "red", light_jump=0.2), "Bad"),
+    for spec, want in ((ClipSpec("a red car", "red", light_fade=0.2), "Bad"),
                        (ClipSpec("a green dog", "blue", exposure=0.4), "Good")):
         rating = rate_frames(render(spec, np.random.default_rng(0)), spec.caption)
         cf = counterfactual(rating)
