@@ -276,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.loop import ServiceLabeler, run_loop
     from finetune.miniature.control import FlatRewardLabeler
 
+    t = time.time()
     real = write_real_clips(out / "real", s.real_clips, seed=400_000) if s.real_weight > 0 else None
+    tick("4a real clips (Eq. 3's lambda term)", t)
     loops: dict[str, Path] = {}
     t = time.time()
     with lift_serve(critic, engine="vllm", log_dir=out, env=ENV) as (url,):
