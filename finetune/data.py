@@ -1,17 +1,26 @@
-"""Files in, training samples out: prompt lists, the labeler's labels JSONL, real-video lists.
+"""Files in, training samples out: prompt lists, labels (the labeler's JSONL or LiFT's scored file), real videos.
 
 Also the one place that turns a label line into a sample weight (LiFT's reward, expected reward, a
 weighted mean of dimensions, or the rejection-sampling ablation). Pure Python: no torch.
+
+LiFT's scored file is what its `CogVideo/process_reward_score.py` writes and its `CogVideo/finetune/train.py`
+reads (CodeGoat24/LiFT): a JSON list of `{"video", "caption", "score"}` (the critic's output entries with
+`score` = the mean of the three label scores, rounded to 2 places; extra keys such as `video_id` or the answers
+are kept by that script and ignored here). Which kind a labels file is, is read off its content.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import math
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+LabelsFormat = Literal["jsonl", "lift"]
 
 from finetune.config import DIMENSIONS, ConfigError
 
@@ -119,11 +128,29 @@ def sample_weight(row: Mapping[str, Any], mode: str, dimension_weights: Mapping[
     return float(value)
 
 
+def labels_format(path: str | Path) -> LabelsFormat:
+    """Which kind of labels file: "lift" (LiFT's scored file, one JSON list: "[" first) or "jsonl" (the
+    labeler's output, an object a line). Read off the content, not the name: LiFT calls its file data.json."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no such file: {path}", param=str(path))
+    with path.open("r", encoding="utf-8-sig") as fh:
+        while chunk := fh.read(4096):
+            head = chunk.lstrip()
+            if head:
+                return "lift" if head[0] == "[" else "jsonl"
+    return "jsonl"  # empty: the JSONL reader says there is nothing in it
+
+
 def read_labels(path: str | Path, mode: str = "reward", dimension_weights: Mapping[str, float] | None = None,
                 dimension_score: str = "score") -> list[Sample]:
-    """The labeler's output: one line per id. Error lines (`"error"`) and unusable rewards are skipped;
-    a later line for the same id replaces an earlier one (a relabel after a restart)."""
+    """Training samples from a labels file of either kind (see `labels_format`).
+
+    The labeler's JSONL: one line per id. Error lines (`"error"`) and unusable rewards are skipped; a later line
+    for the same id replaces an earlier one (a relabel after a restart). LiFT's scored file: `read_lift_scores`."""
     path = Path(path)
+    if labels_format(path) == "lift":
+        return read_lift_scores(path, mode)
     by_id: dict[str, Sample] = {}
     skipped = 0
     for n, row in enumerate(read_jsonl(path), 1):
@@ -143,6 +170,122 @@ def read_labels(path: str | Path, mode: str = "reward", dimension_weights: Mappi
     if skipped:
         log.info("%s: %d lines skipped (errors or not selected by --reward %s)", path, skipped, mode)
     return list(by_id.values())
+
+
+_MAX_LISTED = 10
+
+
+def _json_list_entries(text: str) -> Iterator[tuple[int, Any]]:
+    """(line, entry) of a top-level JSON list, so a bad entry can be named by its line too."""
+    decoder, ws = json.JSONDecoder(), re.compile(r"\s*")
+    pos = ws.match(text, 0).end()
+    if not text.startswith("[", pos):
+        raise json.JSONDecodeError("expected a JSON list ('[')", text, pos)
+    pos = ws.match(text, pos + 1).end()
+    if text.startswith("]", pos):
+        return
+    while True:
+        obj, end = decoder.raw_decode(text, pos)
+        yield text.count("\n", 0, pos) + 1, obj
+        pos = ws.match(text, end).end()
+        if text.startswith(",", pos):
+            pos = ws.match(text, pos + 1).end()
+        elif text.startswith("]", pos):
+            if text[pos + 1:].strip():
+                raise json.JSONDecodeError("extra data after the list", text, pos + 1)
+            return
+        else:
+            raise json.JSONDecodeError("expected ',' or ']' after a list entry", text, pos)
+
+
+def _lift_score(value: Any) -> tuple[float | None, str | None]:
+    """LiFT's trainer reads `float(data['score'])`, so a number or a numeric string; here also finite, in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None, f"'score' must be a number, got {type(value).__name__}"
+    try:
+        score = float(value)
+    except ValueError:
+        return None, f"'score' must be a number, got {value!r}"
+    if not math.isfinite(score):
+        return None, f"'score' is not finite ({value!r})"
+    if not 0.0 <= score <= 1.0:
+        return None, (f"'score' {score:g} is out of range [0, 1] (LiFT's score is the mean of its label scores, "
+                      "0.05..0.9)")
+    return score, None
+
+
+def _lift_video(ref: str, base: Path) -> tuple[Path | None, str | None]:
+    """As given (absolute, or relative to the file's folder), else LiFT's own rule: its trainer opens
+    `<data root>/videos/<the path's last two parts>` (CodeGoat24/LiFT CogVideo/finetune/train.py)."""
+    given = _resolve(ref, base)
+    if given.is_file():
+        return given, None
+    tail = Path(*Path(ref).parts[-2:])
+    lift_rule = base / "videos" / tail
+    if lift_rule.is_file():
+        return lift_rule, None
+    tried = given if lift_rule == given else f"{given} (nor {lift_rule})"
+    return None, f"video not found: {tried}"
+
+
+def read_lift_scores(path: str | Path, mode: str = "reward") -> list[Sample]:
+    """LiFT's scored file (a JSON list of `{"video", "caption", "score"}`) as training samples, weight = score.
+
+    Every entry is checked before any is used: fields present, a caption, a finite score in [0, 1] (a number or
+    a numeric string, as LiFT's `float()` takes), the video there. All problems are reported at once, each with
+    its entry number and line. The file holds only the reward, so only `--reward reward` can weight it."""
+    path = Path(path)
+    if mode != "reward":
+        raise ConfigError(f"{path} is LiFT's scored file ({{video, caption, score}}): it holds the reward only, "
+                          f"so --reward {mode} cannot weight it; use --reward reward", param="reward")
+    text = path.read_text(encoding="utf-8-sig")
+    problems: list[str] = []
+    samples: list[Sample] = []
+    seen_ids: set[str] = set()
+    try:
+        entries = list(_json_list_entries(text))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: LiFT's scored file is not a valid JSON list (line {exc.lineno}, column "
+                          f"{exc.colno}: {exc.msg})", param="data") from exc
+    for n, (line, entry) in enumerate(entries, 1):
+        where = f"entry {n} (line {line})"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: expected an object, got {type(entry).__name__}")
+            continue
+        missing = [k for k in ("video", "caption", "score") if k not in entry]
+        if missing:
+            problems.append(f"{where}: missing field(s): {', '.join(missing)}")
+            continue
+        bad: list[str] = []
+        video, caption = entry["video"], entry["caption"]
+        if not isinstance(caption, str) or not caption.strip():
+            bad.append(f"'caption' must be a non-empty string, got {caption!r}")
+        score, why = _lift_score(entry["score"])
+        if why:
+            bad.append(why)
+        resolved = None
+        if not isinstance(video, str) or not video.strip():
+            bad.append(f"'video' must be a non-empty string, got {video!r}")
+        else:
+            resolved, why = _lift_video(video, path.parent)
+            if why:
+                bad.append(why)
+        if bad or resolved is None or score is None:
+            problems.extend(f"{where}: {b}" for b in bad)
+            continue
+        # ids seed each sample's noise; LiFT's video_id when it is there and unique, else the entry number
+        vid = entry.get("video_id")
+        sid = str(vid) if isinstance(vid, (str, int)) and str(vid) else f"entry{n}"
+        sid = sid if sid not in seen_ids else f"entry{n}"
+        seen_ids.add(sid)
+        samples.append(Sample(id=sid, video=resolved, prompt=caption.strip(), weight=score))
+    if problems:
+        listed = "; ".join(problems[:_MAX_LISTED])
+        more = f"; ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+        raise ConfigError(f"{path}: {len(problems)} problem(s) in LiFT's scored file: {listed}{more}", param="data")
+    if not samples:
+        raise ConfigError(f"{path}: LiFT's scored file has no entries", param="data")
+    return samples
 
 
 def read_real(path: str | Path) -> list[Sample]:

@@ -7,7 +7,14 @@ record is reported with its line, and all problems of a file are reported togeth
 - LiFT format (a JSON list, as LiFT's critic training used):
   `{"video": path, "conversations": [{"from": "human", "value": "<video>\\n<caption> <question>"},
                                      {"from": "gpt", "value": "<Good|Normal|Bad>. <reason>"}]}`
-  one entry per video and dimension; the question says which dimension.
+  one entry per video and dimension; the question says which dimension. Two prompt styles, mixed freely in
+  one file, entry by entry:
+  - "lift": the caption, then one of the rubric's three questions verbatim (LiFT's own inference prompt,
+    CodeGoat24/LiFT LiFT-Critic/test/run_critic_13b.py; its VIDGEN-1K rows, dataset/VIDGEN/vidgen-data.json).
+  - "hra": the LiFT-HRA rows (`{"video_id", "video", "conversations"}`): an instruction that asks to
+    "identify the <semantic consistency|motion|fidelity> issues in this video", and the caption last, as
+    `Text Prompt: [<caption>]`. The reader keys on those two phrases only, not on the rest of the wording,
+    which could not be checked against the released file (see HRA_PREAMBLE).
 - JSONL: one object per line `{"video", "prompt", "dimension", "label", "reason"?}`.
 """
 
@@ -25,11 +32,76 @@ from service.errors import InvalidRequest
 from service.rubric import DIMENSION_NAMES, LABELS, dimension, dimension_of_question, format_answer, user_text
 
 DataFormat = Literal["lift", "jsonl"]
+PromptStyle = Literal["lift", "hra"]
 
 # LiFT's human turn starts with the video placeholder; some exports use <image> instead.
 _PLACEHOLDER_RE = re.compile(r"^\s*(?:<video>|(?:<image>\s*)+)\s*")
 # Strict: the answer must *start* with a label followed by a period (or be the bare label).
 _ANSWER_RE = re.compile(r"^(Good|Normal|Bad)(?:\.(?:\s+(.*))?)?\s*$", re.DOTALL)
+
+# ---- the LiFT-HRA prompt style -------------------------------------------------------------------
+# Each rubric question names its issue ("identify the motion issues in this video, ..."); the HRA rows ask
+# for the same issue with the same focus sentence, so the names come from the rubric, not from a copy here.
+def _issue_names() -> dict[str, str]:
+    """{"semantic consistency": "semantic_consistency", "motion": ..., "fidelity": ...}, read off the rubric."""
+    out = {}
+    for name in DIMENSION_NAMES:
+        m = re.search(r"identify the (.+?) issues in this video", dimension(name).question)
+        if m is None:
+            raise RuntimeError(f"rubric question of {name} names no issue")
+        out[m.group(1).lower()] = name
+    return out
+
+
+_ISSUE_TO_DIMENSION = _issue_names()
+_ISSUE_RE = re.compile(r"\bidentify\s+the\s+(" + "|".join(re.escape(k) for k in _ISSUE_TO_DIMENSION)
+                       + r")\s+issues\b", re.IGNORECASE)
+# The caption comes last, bracketed; it may itself hold brackets, so it runs to the text's final "]".
+_TEXT_PROMPT_RE = re.compile(r"Text Prompt:\s*\[", re.IGNORECASE)
+
+# The HRA wording our writer emits, NOT verified against LiFT-HRA-data.json: that file could not be read (an
+# LFS object absent from the stored CodeGoat24/LiFT history; the Fudan-FUXI/LiFT-HRA-20K card shows only the folder
+# layout). The parts follow the layout our issue describes; the opening sentence is the one the same authors'
+# UnifiedReward video prompt uses. The reader depends on none of it beyond the two phrases above.
+HRA_PREAMBLE = ("Suppose you are an expert in judging and evaluating the quality of AI-generated videos, "
+                "please watch the frames of a given video and see the text prompt for generating the video.")
+HRA_RATING = "Provide a rating evaluation: Good, Normal, or Bad, along with a concise explanation."
+
+
+def hra_user_text(caption: str, dim: str) -> str:
+    """The text part of an HRA-style human turn (after `<video>\\n`) for this caption and dimension."""
+    ask = dimension(dim).question.strip()
+    if not ask.startswith("Please identify"):
+        raise ValueError(f"rubric question of {dim} does not start with 'Please identify': {ask[:40]!r}")
+    ask = "Then identify" + ask[len("Please identify"):]
+    return f"{HRA_PREAMBLE}\n{ask}\n{HRA_RATING}\nYour task is provided as follows: Text Prompt: [{caption.strip()}]"
+
+
+def _place_human_turn(text: str) -> tuple[PromptStyle, str, str] | str:
+    """(style, dimension, caption) of a human turn without its placeholder, or why it cannot be placed."""
+    dim = dimension_of_question(text)
+    prompt = _TEXT_PROMPT_RE.search(text)
+    body = text.rstrip()
+    if prompt is not None and body.endswith("]"):
+        # HRA: the instruction before "Text Prompt: [", the caption inside the last brackets
+        asked = {_ISSUE_TO_DIMENSION[m.group(1).lower()] for m in _ISSUE_RE.finditer(text, 0, prompt.start())}
+        caption = body[prompt.end():-1].strip()
+        if len(asked) == 1:
+            if not caption:
+                return "empty caption in 'Text Prompt: [...]'"
+            return "hra", asked.pop(), caption
+        if len(asked) > 1:
+            return f"the prompt asks about several dimensions ({', '.join(sorted(asked))}); expected one"
+        if dim is None:
+            return (f"unknown question in {text[-80:]!r}: the prompt before 'Text Prompt: [...]' asks to identify "
+                    f"none of the rubric's issues ({', '.join(_ISSUE_TO_DIMENSION)})")
+    if dim is None:
+        return (f"unknown question in {text[-80:]!r}: not one of the rubric's three questions, nor an "
+                "HRA-style prompt ('identify the <issue> issues ... Text Prompt: [<caption>]')")
+    caption = text[: text.find(dimension(dim).question.strip())].strip()
+    if not caption:
+        return "empty caption before the question"
+    return "lift", dim, caption
 
 
 @dataclass(frozen=True)
@@ -172,7 +244,11 @@ def _lift_entry(entry: Any, line: int, videos_dir: Path | None, problems: list[D
         problems.append(DataProblem(line, f"entry must be an object, got {type(entry).__name__}"))
         return None
     n_before = len(problems)
-    video = _resolve_video(entry.get("video"), videos_dir, line, problems, check_exists)
+    ref = entry.get("video")
+    if ref is None and isinstance(entry.get("video_id"), str) and entry["video_id"].strip():
+        # LiFT's loader takes "video", else "<video_id>.mp4" (CodeGoat24/LiFT llava/data/dataset.py)
+        ref = entry["video_id"].strip() + ".mp4"
+    video = _resolve_video(ref, videos_dir, line, problems, check_exists)
     conv = entry.get("conversations")
     if not isinstance(conv, list) or len(conv) < 2:
         problems.append(DataProblem(line, "'conversations' must be a list of a human turn and a gpt turn"))
@@ -187,17 +263,14 @@ def _lift_entry(entry: Any, line: int, videos_dir: Path | None, problems: list[D
     if len(conv) > 2:
         problems.append(DataProblem(line, f"expected one question and one answer, got {len(conv)} turns"))
     text = _PLACEHOLDER_RE.sub("", human["value"], count=1)
-    dim = dimension_of_question(text)
-    caption = ""
-    if dim is None:
-        problems.append(DataProblem(line, f"unknown question in {human['value'][-80:]!r}: "
-                                          "not one of the rubric's three questions"))
+    placed = _place_human_turn(text)
+    dim = caption = None
+    if isinstance(placed, str):
+        problems.append(DataProblem(line, placed))
     else:
-        caption = text[: text.find(dimension(dim).question.strip())].strip()
-        if not caption:
-            problems.append(DataProblem(line, "empty caption before the question"))
+        _, dim, caption = placed
     parsed = _parse_label_answer(gpt.get("value"), line, problems)
-    if len(problems) > n_before or video is None or parsed is None or dim is None:
+    if len(problems) > n_before or video is None or parsed is None or dim is None or caption is None:
         return None
     label, reason = parsed
     return RatedExample(video=video, caption=caption, dimension=dim, label=label, reason=reason, line=line)
@@ -205,7 +278,8 @@ def _lift_entry(entry: Any, line: int, videos_dir: Path | None, problems: list[D
 
 def read_lift(path: Path | str, videos_dir: Path | str | None = None, *,
               check_videos: bool = True) -> ReadReport:
-    """Read LiFT's released training format (a JSON list); never raises for bad entries."""
+    """Read LiFT's released training format (a JSON list, either prompt style per entry); never raises for
+    bad entries."""
     path = Path(path)
     vdir = Path(videos_dir) if videos_dir is not None else None
     report = ReadReport(path=path, format="lift")
@@ -307,14 +381,32 @@ def to_lift_entry(ex: RatedExample, video_ref: str | None = None) -> dict[str, A
     }
 
 
+def to_hra_entry(ex: RatedExample, video_ref: str | None = None, video_id: str | None = None) -> dict[str, Any]:
+    """One entry in the LiFT-HRA layout (`video_id`, `video`, the HRA prompt style)."""
+    ref = video_ref if video_ref is not None else str(ex.video)
+    return {
+        "video_id": video_id if video_id is not None else Path(ref).stem,
+        "video": ref,
+        "conversations": [
+            {"from": "human", "value": "<video>\n" + hra_user_text(ex.caption, ex.dimension)},
+            {"from": "gpt", "value": ex.answer},
+        ],
+    }
+
+
 def to_jsonl_record(ex: RatedExample, video_ref: str | None = None) -> dict[str, Any]:
     return {"video": video_ref if video_ref is not None else str(ex.video), "prompt": ex.caption,
             "dimension": ex.dimension, "label": ex.label, "reason": ex.reason}
 
 
-def write_lift(path: Path | str, examples: Iterable[RatedExample], *, relative_to: Path | None = None) -> Path:
+def write_lift(path: Path | str, examples: Iterable[RatedExample], *, relative_to: Path | None = None,
+               style: PromptStyle = "lift") -> Path:
+    """A JSON list in LiFT's layout; `style` picks the prompt: "lift" (caption + question) or "hra"."""
+    if style not in ("lift", "hra"):
+        raise ValueError(f"unknown prompt style {style!r}; known: lift, hra")
     path = Path(path)
-    entries = [to_lift_entry(ex, _ref(ex.video, relative_to)) for ex in examples]
+    make = to_lift_entry if style == "lift" else to_hra_entry
+    entries = [make(ex, _ref(ex.video, relative_to)) for ex in examples]
     path.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 
@@ -343,7 +435,7 @@ def example_as_dict(ex: RatedExample) -> dict[str, Any]:
 
 
 __all__ = [
-    "DataFormat", "DataProblem", "RatedDataError", "RatedExample", "ReadReport", "detect_format",
-    "load_rated_data", "read_jsonl", "read_lift", "scan_rated_data", "to_jsonl_record", "to_lift_entry",
-    "write_jsonl", "write_lift", "example_as_dict",
+    "DataFormat", "DataProblem", "PromptStyle", "RatedDataError", "RatedExample", "ReadReport", "detect_format",
+    "hra_user_text", "load_rated_data", "read_jsonl", "read_lift", "scan_rated_data", "to_hra_entry",
+    "to_jsonl_record", "to_lift_entry", "write_jsonl", "write_lift", "example_as_dict",
 ]

@@ -22,8 +22,8 @@ def rated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_rated_dataset(tmp_path_factory.mktemp("rated"), 4, seed=3, size=64, num_frames=10)
 
 
-def _train(rated: dict[str, Path], base: Path, out: Path, *extra: str) -> int:
-    return lift(["critic", "train", "--data", str(rated["lift"]), "--videos", str(rated["videos"]),
+def _train(rated: dict[str, Path], base: Path, out: Path, *extra: str, data: Path | None = None) -> int:
+    return lift(["critic", "train", "--data", str(data or rated["lift"]), "--videos", str(rated["videos"]),
                  "--base", str(base), "--out", str(out), "--batch-size", "2", "--lr", "1e-3",
                  "--lora-rank", "4", "--lora-alpha", "8", "--log-every", "1", "--seed", "5", *extra])
 
@@ -80,6 +80,22 @@ def test_train_checkpoint_resume_merge_serve(rated: dict[str, Path], tiny_critic
 
     response = asyncio.run(score())
     assert set(response.dimensions) == {"semantic_consistency", "motion_smoothness", "video_fidelity"}
+
+
+def test_train_reads_lift_hra_style_rows(rated: dict[str, Path], tiny_critic_dir: Path, tmp_path: Path) -> None:
+    """The same ratings in the LiFT-HRA prompt style (`video_id`, "... identify the X issues ... Text Prompt: [c]")
+    train exactly as LiFT's own style does: same examples, same first step."""
+    from finetune.critic.data import load_rated_data, write_lift
+
+    examples = load_rated_data(rated["lift"], rated["videos"])
+    hra = write_lift(tmp_path / "hra.json", examples, relative_to=rated["videos"], style="hra")
+    assert "Text Prompt: [" in hra.read_text() and "Text Prompt: [" not in rated["lift"].read_text()
+    runs = {}
+    for name, data in (("lift", rated["lift"]), ("hra", hra)):
+        assert _train(rated, tiny_critic_dir, tmp_path / name, "--max-steps", "1", data=data) == 0
+        runs[name] = json.loads((tmp_path / name / "lift_training.json").read_text())
+    assert runs["hra"]["examples"] == runs["lift"]["examples"] == 12
+    assert runs["hra"]["losses"] == runs["lift"]["losses"]
 
 
 def test_train_refuses_bad_data_naming_every_problem(rated: dict[str, Path], tiny_critic_dir: Path,

@@ -106,6 +106,29 @@ def test_train_lora_saves_what_load_lora_weights_reads(tiny_model, generated, tm
     assert np.abs(sample(base) - ref).max() > 1e-4
 
 
+def test_train_from_lift_scored_file(tiny_model, generated, tmp_path):
+    """LiFT's own scored file (CodeGoat24/LiFT CogVideo/process_reward_score.py: a JSON list of {"video", "caption",
+    "score"}, here with video_id and videos relative to it) trains exactly as the same rewards in our labels do."""
+    import os
+
+    rewards = [0.9, 0.05, 0.2, 0.6]
+    labels = _labels(generated, rewards)
+    rows = [json.loads(line) for line in (generated / "manifest.jsonl").read_text().splitlines()]
+    scored = generated / "data.json"
+    scored.write_text(json.dumps([{"video_id": row["id"], "video": os.path.relpath(row["video"], generated),
+                                   "caption": row["prompt"], "score": r} for row, r in zip(rows, rewards)], indent=4))
+    logs = {}
+    for name, data in (("ours", labels), ("lift", scored)):
+        out = tmp_path / name
+        assert lift(["finetune", "train", "--model", str(tiny_model), "--data", str(data), "--out", str(out),
+                     "--lora-rank", "4", "--learning-rate", "1e-2", "--max-steps", "2", "--batch-size", "2",
+                     "--seed", "7", "--no-progress"]) == 0
+        assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
+        logs[name] = [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(logs["lift"]) == 2 and all(np.isfinite(x) for x in logs["lift"])
+    assert logs["lift"] == logs["ours"]
+
+
 def test_full_finetune_saves_a_pipeline(tiny_model, generated, tmp_path):
     from diffusers import CogVideoXPipeline
 

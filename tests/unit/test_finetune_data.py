@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from finetune.config import ConfigError, GenerateConfig, LoopConfig, TrainConfig
-from finetune.data import read_labels, read_prompts, read_real, sample_weight
+from finetune.data import labels_format, read_labels, read_lift_scores, read_prompts, read_real, sample_weight
 
 
 def _dims(sc, ms, vf):
@@ -76,6 +77,122 @@ def test_bad_label_files_raise_clear_errors(tmp_path):
     nofields.write_text('{"id": "x", "reward": 0.5}\n')
     with pytest.raises(ConfigError, match="needs 'video' and 'prompt'"):
         read_labels(nofields)
+
+
+# ---- LiFT's scored file (CodeGoat24/LiFT CogVideo/process_reward_score.py -> CogVideo/finetune/train.py) --------
+def _videos(root, *names):
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"\0")  # existence is what the reader checks; decoding is the trainer's job
+
+
+def _lift_entry(video, score, caption="a crane in a wetland", **extra):
+    # as process_reward_score.py leaves it: the critic's output entry plus "score"
+    return {"video_id": Path(video).stem, "video": video, "caption": caption,
+            "semantic consistency": "Good. Basically correct.", "fidelity issues": "Bad. No eyes.",
+            "motion issues": "Good. No obvious problems.", "score": score, **extra}
+
+
+def test_lift_scored_file_reads_into_weighted_samples(tmp_path):
+    _videos(tmp_path, "videos/a.mp4", "videos/b.mp4", "videos/gen/c.mp4")
+    elsewhere = tmp_path / "elsewhere"
+    _videos(elsewhere, "d.mp4")
+    entries = [
+        _lift_entry("videos/a.mp4", round((0.9 + 0.05 + 0.9) / 3, 2)),  # relative to the file's folder
+        _lift_entry("videos/b.mp4", "0.2", caption="  a panda  "),  # LiFT's trainer does float(score): strings too
+        _lift_entry("/their/cluster/gen/c.mp4", 0.9),  # LiFT's rule: <root>/videos/<last two parts>
+        _lift_entry(str(elsewhere / "d.mp4"), 0.05, video_id="a"),  # absolute path; a repeated video_id
+        {"video": "videos/a.mp4", "caption": "the bare three fields", "score": 0},  # LiFT's dataset/data.json layout
+    ]
+    path = tmp_path / "data.json"  # LiFT's name for it
+    path.write_text(json.dumps(entries, indent=4))
+    assert labels_format(path) == "lift"
+    samples = read_labels(path)
+    assert [(s.id, s.video, s.prompt, s.weight) for s in samples] == [
+        ("a", tmp_path / "videos/a.mp4", "a crane in a wetland", 0.62),
+        ("b", tmp_path / "videos/b.mp4", "a panda", 0.2),
+        ("c", tmp_path / "videos/gen/c.mp4", "a crane in a wetland", 0.9),
+        ("entry4", elsewhere / "d.mp4", "a crane in a wetland", 0.05),
+        ("entry5", tmp_path / "videos/a.mp4", "the bare three fields", 0.0),
+    ]
+    assert read_lift_scores(path) == samples
+    assert len({s.id for s in samples}) == len(samples)  # ids stay unique: they seed each sample's noise
+
+
+def test_labels_kind_is_read_off_the_content_not_the_name(tmp_path, labels):
+    _videos(tmp_path, "v.mp4")
+    ours_named_json = tmp_path / "labels.json"
+    ours_named_json.write_text(labels.read_text())
+    assert labels_format(ours_named_json) == "jsonl"
+    assert {s.id for s in read_labels(ours_named_json)} == {"a", "b"}
+    theirs_named_jsonl = tmp_path / "scores.jsonl"
+    theirs_named_jsonl.write_text("\ufeff \n\n  " + json.dumps([{"video": "v.mp4", "caption": "c", "score": 0.5}]))
+    assert labels_format(theirs_named_jsonl) == "lift"
+    assert [s.weight for s in read_labels(theirs_named_jsonl)] == [0.5]
+
+
+def test_bad_lift_scored_entries_are_all_named_with_file_and_entry(tmp_path):
+    _videos(tmp_path, "v.mp4")
+    entries = [
+        {"video": "v.mp4", "caption": "fine", "score": 0.5},
+        {"video": "v.mp4", "caption": "no score"},
+        {"video": "v.mp4", "caption": "nan", "score": float("nan")},
+        {"video": "v.mp4", "caption": "too big", "score": 1.5},
+        {"video": "v.mp4", "caption": "negative", "score": -0.05},
+        {"video": "v.mp4", "caption": "placeholder", "score": "reward_score"},  # LiFT's data.json template value
+        {"video": "v.mp4", "caption": "boolean", "score": True},
+        {"video": "gone.mp4", "caption": "missing video", "score": 0.2},
+        {"video": "v.mp4", "caption": "  ", "score": 0.2},
+        "not an object",
+    ]
+    path = tmp_path / "scored.json"
+    path.write_text("[\n" + ",\n".join(json.dumps(e) for e in entries) + "\n]\n")  # entry n on line n + 1
+    with pytest.raises(ConfigError) as info:
+        read_labels(path)
+    msg = info.value.message
+    assert info.value.param == "data"
+    assert msg.startswith(f"{path}: 9 problem(s) in LiFT's scored file: ")
+    assert "entry 1 " not in msg
+    assert "entry 2 (line 3): missing field(s): score" in msg
+    assert "entry 3 (line 4): 'score' is not finite" in msg
+    assert "entry 4 (line 5): 'score' 1.5 is out of range [0, 1]" in msg
+    assert "entry 5 (line 6): 'score' -0.05 is out of range" in msg
+    assert "entry 6 (line 7): 'score' must be a number, got 'reward_score'" in msg
+    assert "entry 7 (line 8): 'score' must be a number, got bool" in msg
+    assert f"entry 8 (line 9): video not found: {tmp_path / 'gone.mp4'} (nor {tmp_path / 'videos/gone.mp4'})" in msg
+    assert "entry 9 (line 10): 'caption' must be a non-empty string" in msg
+    assert "entry 10 (line 11): expected an object, got str" in msg
+
+
+def test_lift_scored_file_structure_errors(tmp_path):
+    torn = tmp_path / "torn.json"
+    torn.write_text('[\n {"video": "v.mp4", "caption": "c", "score": 0.5},\n {"video": ')
+    with pytest.raises(ConfigError, match=r"torn.json: LiFT's scored file is not a valid JSON list \(line 3"):
+        read_labels(torn)
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    with pytest.raises(ConfigError, match="has no entries"):
+        read_labels(empty)
+    _videos(tmp_path, "v.mp4")
+    ok = tmp_path / "ok.json"
+    ok.write_text(json.dumps([{"video": "v.mp4", "caption": "c", "score": 0.5}]))
+    # the file holds the reward only: the other weightings cannot be had from it, and say so
+    for mode in ("expected_reward", "dimensions", "rejection"):
+        with pytest.raises(ConfigError, match=f"holds the reward only, so --reward {mode} cannot") as info:
+            read_labels(ok, mode)
+        assert info.value.param == "reward"
+
+
+def test_cli_train_reports_a_bad_lift_scored_file_in_one_line(capsys, tmp_path):
+    from clients.cli import main
+
+    bad = tmp_path / "data.json"
+    bad.write_text(json.dumps([{"video": "gone.mp4", "caption": "c", "score": 0.5}]))
+    code = main(["finetune", "train", "--model", str(tmp_path), "--data", str(bad), "--out", str(tmp_path / "o"),
+                 "--lora-rank", "4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "1 problem(s) in LiFT's scored file: entry 1 (line 1): video not found" in err[0]
 
 
 def test_prompts_and_real(tmp_path):
