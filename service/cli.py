@@ -55,6 +55,12 @@ def register(subparsers: Any) -> None:
                    help="(vila) vision tower: siglip = VILA1.5-13b-shaped (default), internvit = VILA1.5-40b-shaped")
     t.add_argument("--with-lora", action="store_true",
                    help="(vila) also write a LoRA in LiFT-Critic's release layout into DIR/lora")
+    t.add_argument("--llm-tokenizer", choices=("sentencepiece", "bpe"), default=None,
+                   help="(vila) llm/'s tokenizer: sentencepiece = tokenizer.model only, as the real VILA1.5-13b/-40b "
+                   "releases (Llama-2-style for siglip, Yi-style for internvit; the default), bpe = a tokenizer.json")
+    t.add_argument("--non-lora-trainables", choices=("empty", "projector"), default=None,
+                   help="(vila, with --with-lora) what lora/non_lora_trainables.bin holds: empty = an empty dict, as "
+                   "LiFT's releases (projector frozen; the default), projector = trained projector weights")
     t.add_argument("--seed", type=int, default=0, help="random seed for weights and tokenizer")
     t.add_argument("--preset", choices=("tiny", "realistic"), default="tiny",
                    help="tiny: seconds to build and run (default); realistic: LiFT-Critic-13B's token proportions "
@@ -69,12 +75,22 @@ def make_tiny_critic_command(args: argparse.Namespace) -> int:
     from service.errors import InvalidRequest
     from service.tiny_critics import build_tiny_critic
 
-    if args.family != "vila" and (args.vision or args.with_lora):
-        raise InvalidRequest("--vision and --with-lora apply to --family vila only")
+    vila_only = {"--vision": args.vision, "--with-lora": args.with_lora, "--llm-tokenizer": args.llm_tokenizer,
+                 "--non-lora-trainables": args.non_lora_trainables}
+    if args.family != "vila" and any(vila_only.values()):
+        raise InvalidRequest(f"{', '.join(k for k, v in vila_only.items() if v)}: apply to --family vila only")
+    if args.non_lora_trainables and not args.with_lora:
+        raise InvalidRequest("--non-lora-trainables describes the LoRA release: add --with-lora")
     if args.preset != "tiny" and args.vision == "internvit":
         raise InvalidRequest("--preset realistic is 13B-shaped: use --vision siglip (the default)")
-    out = build_tiny_critic(args.dir, family=args.family, seed=args.seed, vision=args.vision,
-                            with_lora=args.with_lora, preset=args.preset)
+    if args.family == "vila":
+        from service.tiny_critics.vila import build_tiny_vila
+
+        out = build_tiny_vila(args.dir, seed=args.seed, with_lora=args.with_lora, vision=args.vision or "siglip",
+                              preset=args.preset, tokenizer=args.llm_tokenizer or "sentencepiece",
+                              non_lora=args.non_lora_trainables or "empty")
+    else:
+        out = build_tiny_critic(args.dir, family=args.family, seed=args.seed, preset=args.preset)
     print(out)
     if args.family == "vila":
         lora = f" --lora {out / 'lora'}" if args.with_lora else ""

@@ -10,12 +10,20 @@ Two shapes, each with the real release's tensor names and folder layout at tiny 
              ("patch"), grid 8x8 (image 112, patch 14): even like 448/14's 32x32; 16 tokens per frame.
 
     OUT/config.json          model_type llava_llama; llm_cfg / vision_tower_cfg / mm_projector_cfg inside
-    OUT/llm/                 LlamaForCausalLM (head_dim 32: CPU attention needs 32/64/80+) + tokenizer
+    OUT/llm/                 LlamaForCausalLM (head_dim 32: CPU attention needs 32/64/80+) + tokenizer: as the real
+                             llm/ folders, SentencePiece only (tokenizer.model, tokenizer_config.json,
+                             special_tokens_map.json; no tokenizer.json), trained on the spot with `sentencepiece`:
+                             Llama-2-style for siglip (BPE, byte fallback, dummy prefix, BOS added; legacy=False as
+                             VILA loads it), Yi-style for internvit (no dummy prefix, ChatML markers as user-defined
+                             pieces, no BOS added, eos <|im_end|>; legacy=True as Yi's files say).
+                             `tokenizer="bpe"`: a byte-level BPE tokenizer.json instead (a release VILA loads fast)
     OUT/vision_tower/        the tower's weights + config (+ its image-processor file)
     OUT/mm_projector/        mlp_downsample (keys layers.1/2/4) + config.json
     OUT/lora/                (with_lora) adapter_config.json + adapter_model.safetensors made by peft itself
                              on a model shaped like VILA's (keys base_model.model.llm....lora_A/B.weight),
-                             non_lora_trainables.bin (projector weights, LLaVA-style key names)
+                             non_lora_trainables.bin: an empty dict, as in LiFT's four releases (about 900 bytes:
+                             LiFT froze the projector, --tune_mm_projector False); `non_lora="projector"` writes
+                             projector weights into it instead (LLaVA-style key names), for the replacement path
 
 Weights are drawn larger than the default init so that logits are far from uniform and parity checks mean
 something.
@@ -39,6 +47,9 @@ LORA_R = 8
 LORA_ALPHA = 16
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PRESETS = ("tiny", "realistic")
+TOKENIZERS = ("sentencepiece", "bpe")
+NON_LORA = ("empty", "projector")
+TOKENIZER_VOCAB = 600
 
 
 @dataclass(frozen=True)
@@ -61,8 +72,76 @@ SHAPES = {"tiny": VilaShape(), "realistic": VilaShape(llm_hidden=256, llm_interm
 _CHATML_SPECIALS = ["<unk>", "<|startoftext|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
+def _tokenizer_corpus(seed: int, chatml: bool) -> list[str]:
+    """LiFT-like answers where they are scored (after vicuna_v1's "ASSISTANT: " / hermes-2's "assistant\n"), plus
+    the template's own text, so that its words are whole pieces as in a real tokenizer."""
+    from service.families.vila.prompt import CHAT_TEMPLATES
+    from service.tiny_critics.corpus import VILA_WORDS, lift_answer_corpus
+
+    template = CHAT_TEMPLATES["hermes-2" if chatml else "vicuna_v1"]
+    lines = list(lift_answer_corpus(random.Random(seed), VILA_WORDS,
+                                    answer_prefix="assistant\n" if chatml else "ASSISTANT: "))
+    return lines + [template.render("a video")] * 30
+
+
+def _write_sentencepiece_tokenizer(llm: Path, seed: int, vision: str) -> None:
+    """tokenizer.model (+ tokenizer_config.json, special_tokens_map.json), trained with `sentencepiece`.
+
+    siglip: Llama-2's kind: <unk> <s> </s> at 0-2, bytes <0x00>..<0xFF> from 3, dummy prefix on, identity
+    normalisation, extra whitespace kept, digits split. internvit: Yi's kind: <unk> <|startoftext|>
+    <|endoftext|> at 0-2, dummy prefix OFF, and Nous-Hermes-2-Yi-34B's ChatML markers as user-defined pieces; its
+    tokenizer_config.json as the Yi family's (01-ai/Yi-34B-200K, Yi-1.5-34B on the hub: LlamaTokenizer,
+    add_bos_token false, legacy true) with Nous-Hermes-2-Yi-34B's special tokens (eos <|im_end|>, pad <unk>)."""
+    import io
+
+    import sentencepiece as spm
+
+    chatml = vision == "internvit"
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_tokenizer_corpus(seed, chatml)), model_writer=model, model_type="bpe",
+        vocab_size=TOKENIZER_VOCAB, hard_vocab_limit=False, character_coverage=1.0, byte_fallback=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        split_digits=True, allow_whitespace_only_pieces=True, add_dummy_prefix=not chatml, num_threads=1,
+        minloglevel=2, **({"bos_piece": "<|startoftext|>", "eos_piece": "<|endoftext|>",
+                           "user_defined_symbols": ["<|im_start|>", "<|im_end|>"]} if chatml else {}))
+    (llm / "tokenizer.model").write_bytes(model.getvalue())
+
+    def added(content: str, special: bool = True) -> dict[str, Any]:
+        return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                "special": special}
+
+    if chatml:
+        names = ["<unk>", "<|startoftext|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        special_map = {"bos_token": "<|startoftext|>", "eos_token": "<|im_end|>", "unk_token": "<unk>",
+                       "pad_token": "<unk>"}
+        config = {"add_bos_token": False, "add_eos_token": False, "legacy": True}
+    else:
+        names = ["<unk>", "<s>", "</s>"]
+        special_map = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+        config = {"add_bos_token": True, "add_eos_token": False, "legacy": False, "padding_side": "right"}
+    config = {**config, "added_tokens_decoder": {str(i): added(t) for i, t in enumerate(names)}, **special_map,
+              "clean_up_tokenization_spaces": False, "model_max_length": 4096, "sp_model_kwargs": {},
+              "tokenizer_class": "LlamaTokenizer"}
+    (llm / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    # as transformers 4.x writes it: AddedToken fields without "special"
+    (llm / "special_tokens_map.json").write_text(json.dumps(
+        {k: {f: x for f, x in added(v).items() if f != "special"} for k, v in special_map.items()}, indent=2))
+
+
+def _sentencepiece_vocab(llm: Path) -> dict[str, int]:
+    """Size and bos / eos / pad ids of a SentencePiece llm/ folder, from the model itself (pad: <unk>)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(llm / "tokenizer.model"))
+    names = json.loads((llm / "special_tokens_map.json").read_text())
+    return {"size": sp.get_piece_size(), "bos": sp.piece_to_id(names["bos_token"]["content"]),
+            "eos": sp.piece_to_id(names["eos_token"]["content"]), "pad": sp.piece_to_id("<unk>")}
+
+
 def _tokenizer(seed: int, vision: str):
-    """A tokenizer trained on the spot (no hub): Llama-2-like for siglip, Yi/ChatML-like for internvit."""
+    """A byte-level BPE tokenizer.json trained on the spot (no hub): Llama-2-like for siglip, Yi/ChatML-like for
+    internvit. Not what the real releases ship (see `_write_sentencepiece_tokenizer`): kept for releases that do."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -100,17 +179,16 @@ def _scale_(module, std: float) -> None:
                 p.uniform_(0.8, 1.2)
 
 
-def _write_llm(out: Path, tokenizer, vision: str, shape_: VilaShape):
+def _write_llm(out: Path, vocab: dict[str, int], vision: str, shape_: VilaShape):
+    """`vocab`: the tokenizer's size and its bos / eos / pad ids."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (tokenizer.bos_token, tokenizer.eos_token)}
     shape: dict[str, Any] = dict(num_attention_heads=shape_.llm_heads, num_key_value_heads=shape_.llm_heads)
     if vision == "internvit":  # Yi-34B: 56 query heads over 8 KV heads, rope theta 5e6
         shape = dict(num_attention_heads=shape_.llm_heads, num_key_value_heads=shape_.llm_heads // 2,
                      rope_parameters={"rope_type": "default", "rope_theta": 5000000.0})
-    bos, eos = ids[tokenizer.bos_token], ids[tokenizer.eos_token]
-    pad = tokenizer.convert_tokens_to_ids("<unk>")
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=shape_.llm_hidden,
+    bos, eos, pad = vocab["bos"], vocab["eos"], vocab["pad"]
+    cfg = LlamaConfig(vocab_size=vocab["size"], hidden_size=shape_.llm_hidden,
                       intermediate_size=shape_.llm_intermediate, num_hidden_layers=shape_.llm_layers,
                       max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=bos, eos_token_id=eos,
                       tie_word_embeddings=False, architectures=["LlamaForCausalLM"], dtype="float32", **shape)
@@ -186,9 +264,11 @@ def _write_internvit(out: Path) -> dict[str, Any]:
 
 
 def build_tiny_vila(out_dir: str | Path, seed: int = 0, with_lora: bool = False, vision: str = "siglip",
-                    preset: str = "tiny") -> Path:
+                    preset: str = "tiny", tokenizer: str = "sentencepiece", non_lora: str = "empty") -> Path:
     """Write a tiny VILA-1.5 release into `out_dir` (and LiFT's LoRA release into `out_dir/lora`).
-    `preset="realistic"`: LiFT-Critic-13B's token proportions (siglip only; see `VilaShape`)."""
+    `preset="realistic"`: LiFT-Critic-13B's token proportions (siglip only; see `VilaShape`).
+    `tokenizer`: "sentencepiece" (as the real llm/ folders) or "bpe" (a tokenizer.json). `non_lora`: what
+    lora/non_lora_trainables.bin holds: "empty" (as LiFT's releases) or "projector" (trained projector weights)."""
     import torch
     from safetensors.torch import save_file
 
@@ -200,6 +280,10 @@ def build_tiny_vila(out_dir: str | Path, seed: int = 0, with_lora: bool = False,
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     if preset != "tiny" and vision != "siglip":
         raise ValueError("the realistic preset is 13B-shaped: vision siglip")
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer kind {tokenizer!r}; choose from {', '.join(TOKENIZERS)}")
+    if non_lora not in NON_LORA:
+        raise ValueError(f"unknown non_lora {non_lora!r}; choose from {', '.join(NON_LORA)}")
     shape = SHAPES[preset]
     out = Path(out_dir)
     for sub in ("llm", "vision_tower", "mm_projector"):
@@ -207,9 +291,15 @@ def build_tiny_vila(out_dir: str | Path, seed: int = 0, with_lora: bool = False,
     rng = random.Random(seed)
     torch.manual_seed(seed)
 
-    tokenizer = _tokenizer(seed, vision)
-    tokenizer.save_pretrained(out / "llm")
-    llm = _write_llm(out, tokenizer, vision, shape)
+    if tokenizer == "sentencepiece":
+        _write_sentencepiece_tokenizer(out / "llm", seed, vision)
+        vocab = _sentencepiece_vocab(out / "llm")
+    else:
+        bpe = _tokenizer(seed, vision)
+        bpe.save_pretrained(out / "llm")
+        vocab = {"size": len(bpe), "bos": bpe.bos_token_id, "eos": bpe.eos_token_id,
+                 "pad": bpe.convert_tokens_to_ids("<unk>")}
+    llm = _write_llm(out, vocab, vision, shape)
     select = _write_siglip(out, shape.image_size) if vision == "siglip" else _write_internvit(out)
 
     projector = MlpDownsampleProjector(VISION_HIDDEN, shape.llm_hidden)
@@ -234,22 +324,22 @@ def build_tiny_vila(out_dir: str | Path, seed: int = 0, with_lora: bool = False,
     }
     (out / "config.json").write_text(json.dumps(top, indent=2))
     if with_lora:
-        _write_lora(out, llm, projector, seed=rng.randint(0, 2**31 - 1))
+        _write_lora(out, llm, projector, seed=rng.randint(0, 2**31 - 1), non_lora=non_lora)
     return out
 
 
 def build_tiny_vila_critic(out_dir: str | Path, seed: int = 0, with_lora: bool = True, vision: str = "siglip",
-                          preset: str = "tiny") -> Path:
+                          preset: str = "tiny", **options: str) -> Path:
     """A tiny VILA in VILA's layout under `out_dir/vila-src`, converted (LoRA merged) into `out_dir/critic`:
-    the folder `Critic.from_pretrained` loads."""
+    the folder `Critic.from_pretrained` loads. `options`: build_tiny_vila's tokenizer / non_lora."""
     from service.families.vila.convert import convert_vila
 
     out = Path(out_dir)
-    src = build_tiny_vila(out / "vila-src", seed=seed, with_lora=with_lora, vision=vision, preset=preset)
+    src = build_tiny_vila(out / "vila-src", seed=seed, with_lora=with_lora, vision=vision, preset=preset, **options)
     return convert_vila(src, out / "critic", src / "lora" if with_lora else None).out_dir
 
 
-def _write_lora(out: Path, llm, projector, seed: int) -> None:
+def _write_lora(out: Path, llm, projector, seed: int, non_lora: str = "empty") -> None:
     """LiFT's release: a peft LoRA on the language model + `non_lora_trainables.bin` (LLaVA convention)."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -272,11 +362,14 @@ def _write_lora(out: Path, llm, projector, seed: int) -> None:
                 p.normal_(0.0, 0.05)
     lora_dir = out / "lora"
     peft_model.save_pretrained(lora_dir)
-    # The projector was trained too (LiFT's non_lora_trainables): perturbed copies, keys as LLaVA saves them.
-    non_lora = {f"base_model.model.mm_projector.{k}": (v + 0.02 * torch.randn_like(v)).contiguous()
-                for k, v in projector.state_dict().items()}
-    torch.save(non_lora, lora_dir / "non_lora_trainables.bin")
+    # LiFT trained with --tune_mm_projector False (LiFT-Critic/train/train_critic_*.sh): nothing but the LoRA was
+    # trained, and the released file is an empty dict (~900 bytes). "projector": a release whose projector was
+    # trained too, perturbed copies under the key names LLaVA saves.
+    trained = {} if non_lora == "empty" else {
+        f"base_model.model.mm_projector.{k}": (v + 0.02 * torch.randn_like(v)).contiguous()
+        for k, v in projector.state_dict().items()}
+    torch.save(trained, lora_dir / "non_lora_trainables.bin")
 
 
-__all__ = ["IMAGE_SIZE", "PRESETS", "SHAPES", "VilaShape", "INTERN_IMAGE_SIZE", "LORA_ALPHA", "LORA_R", "PATCH_SIZE", "VISIONS", "build_tiny_vila",
-           "build_tiny_vila_critic", "intern_vit_tiny_config"]
+__all__ = ["IMAGE_SIZE", "PRESETS", "SHAPES", "VilaShape", "INTERN_IMAGE_SIZE", "LORA_ALPHA", "LORA_R", "NON_LORA",
+           "PATCH_SIZE", "TOKENIZERS", "VISIONS", "build_tiny_vila", "build_tiny_vila_critic", "intern_vit_tiny_config"]

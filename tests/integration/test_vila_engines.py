@@ -5,7 +5,9 @@ Each tiny VILA (VILA's own layout + a LiFT-layout LoRA) is converted with the pr
 engine on it lives per shape (`vila_runtime`: module-scoped and parametrized, so the 13B engine is stopped
 before the 40B one starts), shared by every test here: parity with the transformers reference through the
 project's engines on 12 clips of real camera footage, a logits-level check, the prefix cache across a video's
-three questions, and the scoring API end to end over a real socket.
+three questions, the scoring API end to end over a real socket, and the served label ids against the release's
+own SentencePiece tokenizer (the tiny releases ship tokenizer.model only, as the real ones: Llama-2-style for
+13B, Yi-style for 40B).
 """
 
 from __future__ import annotations
@@ -244,3 +246,49 @@ def test_scoring_api_end_to_end(vila_runtime: LoopThread, sample_videos: dict[st
         assert ScoreResponse.model_validate(results[0]).num_frames == 6
         assert results[1]["error"]["code"] == "invalid_request"
         assert results[2]["error"]["code"] == "invalid_video"
+
+
+def test_served_labels_are_vilas_slow_tokenizer_ids(vila_runtime: LoopThread, vila_critic_dir: Path,
+                                                    real_clips: list[Path], size: str) -> None:
+    """The label ids a served score is read from are the ones VILA's slow tokenizer gives: sentencepiece's own ids
+    for the label after the assistant start, from the release's llm/tokenizer.model (40B: Yi-style, no '▁'
+    anywhere); and the served probabilities are p(label) over exactly those ids, from vLLM's own log-probs."""
+    import sentencepiece as spm
+    from vllm import SamplingParams
+
+    from service.families.base import label_prefixes, sequence_probabilities
+    from service.families.vila.prompt import lift_query
+
+    src = vila_critic_dir.parent / f"VILA1.5-tiny-{size}"
+    sp = spm.SentencePieceProcessor(model_file=str(src / "llm" / "tokenizer.model"))
+    critic = vila_runtime.critic
+    family = critic.engine.family
+    caption = "a red car driving on the road"
+    last = family.template.render(lift_query(caption, "motion_smoothness", 1)).split("<image>")[-1]
+    base, slow = sp.encode(last), {}
+    for label in LABELS:
+        full = sp.encode(last + family.template.answer_lead + label)
+        assert full[:len(base)] == base
+        slow[label] = full[len(base):]
+    assert critic.engine._label_ids == slow
+    firsts = [sp.id_to_piece(ids[0]) for ids in slow.values()]
+    assert all(f.startswith("▁") for f in firsts) if size == "13b" else not any("▁" in f for f in firsts)
+
+    clip = real_clips[7]
+    with serve(vila_runtime, max_video_bytes=4 * 1024 * 1024) as url:
+        r = httpx.post(f"{url}/v1/score", files={"video": (clip.name, clip.read_bytes(), "video/mp4")},
+                       data={"prompt": caption}, timeout=300)
+    assert r.status_code == 200, r.text
+    served = ScoreResponse.model_validate(r.json())
+    frames = critic.decode(clip)
+    for dim in DIMENSION_NAMES:
+        prompt = family.vllm_prompt(caption, dim, frames)
+        logprobs = {}
+        for prefix, following in label_prefixes(slow).items():
+            params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=sorted(following),
+                                    detokenize=False)
+            step = vila_runtime.run(critic.engine._run(prompt, list(prefix), params)).outputs[0].logprobs[0]
+            logprobs[prefix] = {t: step[t].logprob for t in following}
+        want = sequence_probabilities(slow, logprobs)
+        got = served.dimensions[dim].probabilities.model_dump()
+        assert max(abs(want[k] - got[k]) for k in LABELS) <= PROB_TOL, (dim, want, got)

@@ -69,8 +69,35 @@ def lora_pairs(lora_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 def test_lora_release_layout(tiny_vila: Path) -> None:
     cfg = json.loads((tiny_vila / "lora" / "adapter_config.json").read_text())
     assert (cfg["r"], cfg["lora_alpha"]) == (LORA_R, LORA_ALPHA)
-    assert (tiny_vila / "lora" / "non_lora_trainables.bin").is_file()
+    # as LiFT's four releases: an empty dict of about a kilobyte (theirs ~900 bytes; LiFT froze the projector)
+    non_lora = tiny_vila / "lora" / "non_lora_trainables.bin"
+    assert torch.load(non_lora, weights_only=True) == {} and non_lora.stat().st_size < 2048
     assert len(lora_pairs(tiny_vila / "lora")) == 2 * 7  # 2 layers x q,k,v,o,gate,up,down
+
+
+def test_empty_non_lora_replaces_nothing(tiny_vila: Path, converted: Path) -> None:
+    """The common real case: nothing beside the LoRA was trained, so the base's projector goes through as it is."""
+    provenance = json.loads((converted / "lift_critic.json").read_text())
+    assert provenance["replaced_tensors"] == []
+    base = load_file(str(tiny_vila / "mm_projector" / "model.safetensors"))
+    out = read_all(converted)
+    assert all(torch.equal(out[f"mm_projector.{k}"], v) for k, v in base.items())
+
+
+def test_projector_in_non_lora_replaces_the_base_projector(tmp_path: Path, vision: str) -> None:
+    """A release whose projector was trained too (`non_lora="projector"`): its tensors replace the base's."""
+    from service.tiny_critics.vila import build_tiny_vila
+
+    src = build_tiny_vila(tmp_path / "src", seed=5, with_lora=True, vision=vision, non_lora="projector")
+    trained = {k.removeprefix("base_model.model."): v
+               for k, v in torch.load(src / "lora" / "non_lora_trainables.bin", weights_only=True).items()}
+    assert sorted(trained) == [f"mm_projector.layers.{i}.{p}" for i in (1, 2, 4) for p in ("bias", "weight")]
+    report = convert_vila(src, tmp_path / "critic", src / "lora")
+    assert sorted(report.replaced_tensors) == sorted(trained)
+    out = read_all(tmp_path / "critic")
+    base = load_file(str(src / "mm_projector" / "model.safetensors"))
+    for name, value in trained.items():
+        assert torch.equal(out[name], value) and not torch.equal(value, base[name.removeprefix("mm_projector.")])
 
 
 def test_merged_weights_equal_base_plus_scaled_BA(tiny_vila: Path, converted: Path) -> None:
@@ -409,3 +436,26 @@ def test_make_tiny_critic_cli_feeds_the_converter(tmp_path: Path, vision: str, c
     assert report.chat_template == EXPECTED[vision]["template"] and len(report.merged_lora_modules) == 14
     assert main(["make-tiny-critic", str(tmp_path / "q"), "--vision", vision]) == 2  # qwen2_vl has no --vision
     assert "apply to --family vila only" in capsys.readouterr().err
+
+
+def test_make_tiny_critic_release_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Defaults as LiFT's real files: SentencePiece-only llm/, empty non_lora_trainables.bin; the flags give the
+    other kinds (a tokenizer.json release, a trained projector in non_lora_trainables.bin)."""
+    from clients.cli import main
+
+    plain, other = tmp_path / "plain", tmp_path / "other"
+    assert main(["make-tiny-critic", str(plain), "--family", "vila", "--with-lora"]) == 0
+    assert (plain / "llm" / "tokenizer.model").is_file() and not (plain / "llm" / "tokenizer.json").exists()
+    assert torch.load(plain / "lora" / "non_lora_trainables.bin", weights_only=True) == {}
+    assert main(["make-tiny-critic", str(other), "--family", "vila", "--with-lora", "--llm-tokenizer", "bpe",
+                 "--non-lora-trainables", "projector"]) == 0
+    assert (other / "llm" / "tokenizer.json").is_file() and not (other / "llm" / "tokenizer.model").exists()
+    assert len(torch.load(other / "lora" / "non_lora_trainables.bin", weights_only=True)) == 6
+    report = convert_vila(other, tmp_path / "critic", other / "lora")
+    assert len(report.replaced_tensors) == 6 and report.tokenizer == {"source": "llm/tokenizer.json",
+                                                                        "checked_pieces": 0}
+    capsys.readouterr()
+    assert main(["make-tiny-critic", str(tmp_path / "x"), "--family", "vila", "--non-lora-trainables", "empty"]) == 2
+    assert "add --with-lora" in capsys.readouterr().err
+    assert main(["make-tiny-critic", str(tmp_path / "q"), "--llm-tokenizer", "bpe"]) == 2
+    assert "--llm-tokenizer: apply to --family vila only" in capsys.readouterr().err

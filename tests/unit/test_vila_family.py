@@ -108,8 +108,8 @@ def test_label_tokens_follow_the_assistant_turn(family) -> None:
     ids = family.label_token_ids()
     tok = family.tokenizer
     assert set(ids) == set(LABELS)
-    for label, seq in ids.items():
-        assert tok.decode(seq) == " " + label  # vicuna_v1 answers "ASSISTANT: Good. ..."
+    for label, seq in ids.items():  # vicuna_v1 answers "ASSISTANT: Good. ...": the space is the label's '▁'
+        assert "".join(tok.convert_ids_to_tokens(seq)).replace("▁", " ") == " " + label
     assert len(ids["Good"]) == 1 and len(ids["Normal"]) > 1  # the tiny tokenizer never saw "Normal" whole
     assert family.mm_limits(8) == {"image": 8}
 
@@ -173,38 +173,16 @@ def test_reference_refuses_incomplete_checkpoint(vila_dirs: tuple[Path, Path], t
         load_reference(vila_dirs[0])
 
 
-def test_sentencepiece_llama_tokenizer_release(vila_dirs: tuple[Path, Path], tmp_path: Path) -> None:
-    """A Llama-2-style llm/ folder (only tokenizer.model, SentencePiece): converted and prompted like VILA does,
-    with Llama's quirks: each piece after an image starts with a bare '▁', and the label is '▁Good'."""
-    import json
-    import random
-
-    import sentencepiece as spm
-
-    from service.families.vila.convert import convert_vila
-    from service.families.vila.family import VilaFamily
-
-    src = tmp_path / "src"
-    shutil.copytree(vila_dirs[0], src, ignore=shutil.ignore_patterns("lora"))
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        (src / "llm" / f).unlink(missing_ok=True)
-    rng = random.Random(0)
-    words = ("a the video red car USER ASSISTANT Good Bad Normal Please identify issues motion caption chat "
-             "assistant user helpful polite answers questions").split()
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(3000)))
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(src / "llm" / "tokenizer"), vocab_size=400,
-                                   model_type="bpe", bos_id=1, eos_id=2, unk_id=0, pad_id=-1, byte_fallback=True,
-                                   minloglevel=2)
-    (src / "llm" / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-         "add_bos_token": True, "legacy": False}))
-    convert_vila(src, tmp_path / "critic")
-    fam = VilaFamily(tmp_path / "critic")
-    tok = fam.tokenizer
-    assert fam.label_token_ids()["Good"] == [tok.convert_tokens_to_ids("▁Good")]
-    ids = fam.vllm_prompt("a red car", "motion_smoothness", video()).token_ids
+def test_sentencepiece_llama_tokenizer_release(vila_dirs: tuple[Path, Path], family) -> None:
+    """The tiny 13B's llm/ is SentencePiece only, as VILA1.5-13b's: converted and prompted like VILA does, with
+    Llama's quirks: each piece after an image starts with a bare '▁', and the label is '▁Good'.
+    (tests/unit/test_vila_tokenizer.py holds every piece to sentencepiece's own ids.)"""
+    src, _ = vila_dirs
+    assert (src / "llm" / "tokenizer.model").is_file() and not (src / "llm" / "tokenizer.json").exists()
+    tok = family.tokenizer
+    assert family.label_token_ids()["Good"] == [tok.convert_tokens_to_ids("▁Good")]
+    ids = family.vllm_prompt("a red car", "motion_smoothness", video()).token_ids
     newline = tok("\n").input_ids[1:]  # [▁, <0x0A>]: what VILA's piece-wise tokenization produces
-    assert len(newline) == 2 and tok.convert_ids_to_tokens(newline[0]) == "▁"
-    starts = [i for i, t in enumerate(ids) if t == fam.image_token_id]
+    assert tok.convert_ids_to_tokens(newline) == ["▁", "<0x0A>"]
+    starts = [i for i, t in enumerate(ids) if t == family.image_token_id]
     assert len(starts) == 8 and all(ids[i + 1:i + 3] == newline for i in starts[:-1])

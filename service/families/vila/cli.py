@@ -19,7 +19,9 @@ def register(subparsers: Any) -> None:
         "--lora, LiFT-Critic's LoRA release (adapter_config.json, adapter_model.safetensors, "
         "non_lora_trainables.bin); merge the LoRA into the language model (scale alpha/r) shard by shard, and "
         "write one checkpoint (safetensors, config, tokenizer, processor) that both the vLLM and the "
-        "transformers engine load.",
+        "transformers engine load. A SentencePiece llm/tokenizer.model (as VILA1.5-13b/-40b ship) becomes a fast "
+        "tokenizer that must give the ids VILA's slow tokenizer gives on every piece of LiFT's prompts and "
+        "answers; a base it cannot reproduce is refused, naming the piece.",
     )
     c.add_argument("--base", type=Path, required=True, metavar="VILA_DIR", help="VILA-1.5 folder (e.g. VILA1.5-13b)")
     c.add_argument("--lora", type=Path, default=None, metavar="LORA_DIR", help="LiFT-Critic LoRA release folder")

@@ -15,14 +15,18 @@ Output (`OUT`):
                      one source shard (a 13B is 26 GB in fp16, more than a small host's RAM)
   tokenizer, processor  the LLM's tokenizer + `<image>`; LlavaProcessor(image processor, tokenizer): SigLIP's
                      from vision_tower/, or for InternViT VILA's own preprocessing (intern_vit.py), never the
-                     tower folder's file
+                     tower folder's file. The real llm/ folders ship a SentencePiece tokenizer.model only, which
+                     VILA loads slow (use_fast=False); the converted one is a fast tokenizer set up to give the
+                     same ids (Yi: no '▁' prepended) and checked against VILA's slow tokenizer, restated on the
+                     sentencepiece library, on every piece of LiFT's prompts and answers: a release it cannot
+                     reproduce is refused, naming the piece (`LlmTokenizer`)
   generation_config.json, lift_critic.json (provenance)
 
 The LoRA is merged as W += s * B @ A with s = alpha / r (alpha / sqrt(r) for rsLoRA; peft's rank_pattern /
 alpha_pattern honoured), in float32, then cast back to the tensor's dtype. `non_lora_trainables.bin` tensors
-(the projector LiFT trained alongside) replace the base's. `<image>` gets a token id past the LLM's vocabulary;
-the embedding and lm_head get zero rows up to a multiple of 64 so that id is in-vocab (vLLM's logprob gather
-needs that), and both engines mask those rows' logits.
+replace the base's (in LiFT's releases it is an empty dict: the projector was frozen, nothing is replaced).
+`<image>` gets a token id past the LLM's vocabulary; the embedding and lm_head get zero rows up to a multiple of
+64 so that id is in-vocab (vLLM's logprob gather needs that), and both engines mask those rows' logits.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import json
 import math
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +45,7 @@ from service.errors import ModelLoadError
 from service.families.vila import (ARCHITECTURE, CHAT_TEMPLATE_KEY, FAMILY_KEY, IMAGE_TOKEN, PROJECTOR_KEY,
                                    TEXT_VOCAB_KEY, vision_grid, vision_image_size)
 from service.families.vila import intern_vit
-from service.families.vila.prompt import CHAT_TEMPLATES, choose_template
+from service.families.vila.prompt import CHAT_TEMPLATES, choose_template, tokenizer_probes
 
 PARTS = ("llm", "vision_tower", "mm_projector")
 VOCAB_MULTIPLE = 64
@@ -56,6 +61,7 @@ class ConversionReport:
     num_tensors: int = 0
     merged_lora_modules: list[str] = field(default_factory=list)
     replaced_tensors: list[str] = field(default_factory=list)
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # where it came from, how VILA loads it, pieces checked
 
 
 # ---- reading VILA's folders -----------------------------------------------------------------------------
@@ -170,6 +176,267 @@ def read_vision_tower(base: Path, top: dict[str, Any]) -> VisionTower:
                          f"({intern_vit.VILA_MODEL_TYPE}, VILA1.5-40b) are supported")
 
 
+# ---- the tokenizer: VILA's slow SentencePiece tokenizer, reproduced and checked ----------------------------
+SPIECE_UNDERLINE = "\u2581"
+# Yi-34B's shape: LiFT's copy of VILA's builder (CodeGoat24/LiFT llava/model/language_model/builder.py,
+# build_llm_and_tokenizer) sends an LLM with 60 layers and 56 heads, or a path containing "yi", to the Yi branch.
+YI_34B_LAYERS_HEADS = (60, 56)
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    """How VILA loads llm/'s SentencePiece tokenizer, and the fast tokenizer's options that match it.
+
+    VILA-1.5's builder (LiFT's copy, the code LiFT-Critic was trained and run with, transformers==4.37.2) loads
+      Yi (VILA1.5-40b):      AutoTokenizer.from_pretrained(llm, use_fast=False)               legacy from the file
+      else (VILA1.5-13b):    AutoTokenizer.from_pretrained(llm, use_fast=False, legacy=False)
+    i.e. transformers 4.37's slow LlamaTokenizer. legacy=False turns the model's dummy prefix off and puts one '▁'
+    in front of the text itself (none after a special token); legacy=True leaves SentencePiece as it is, so a Yi
+    model (no dummy prefix) adds no '▁' anywhere. transformers 5 keeps no slow Llama tokenizer; its fast one
+    matches when its Metaspace pre-tokenizer prepends '▁' the same way: `prepend_scheme` below. (One text it
+    cannot follow under legacy=False: one that starts with a space, where Metaspace adds no second '▁'. No piece
+    VILA tokenizes for LiFT starts with one; the check below runs on those pieces.)
+    NVlabs/VILA's own tree at the 1.5 release (1c88211) tested only `"yi" in path`: LiFT's copy adds the shape.
+    """
+
+    branch: str  # "yi" | "llama": which of VILA's two branches loads this LLM
+    legacy: bool
+    dummy_prefix: bool  # the SentencePiece model's own normalizer_spec.add_dummy_prefix
+
+    @property
+    def prepend_scheme(self) -> str:
+        if not self.legacy:
+            return "first"
+        return "always" if self.dummy_prefix else "never"
+
+    @property
+    def add_prefix_space(self) -> bool:  # transformers: True & legacy=False: "first", True: "always", False: "never"
+        return self.prepend_scheme != "never"
+
+
+def _token_content(value: Any) -> str | None:
+    if isinstance(value, dict):  # AddedToken as saved: {"content": ..., "lstrip": ...}
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class VilaSlowTokenizer:
+    """VILA's tokenizer as VILA's builder loads it (transformers 4.37 `LlamaTokenizer`, use_fast=False), restated on
+    the sentencepiece library: the reference the converted tokenizer is held to. What it does, per transformers
+    v4.37.2 models/llama/tokenization_llama.py (`get_spm_processor`, `tokenize`, `_tokenize`,
+    `build_inputs_with_special_tokens`) and tokenization_utils.py (`tokenize`: the text is split on added and
+    special tokens first):
+      legacy=False: the model's add_dummy_prefix is turned off; '▁' + text (any '▁' in the text read as a space);
+        a piece that starts with '▁' or ' ' is encoded after the unk token's text, which is then cut off (so the
+        model adds nothing and merges nothing across the start); a leading lone '▁' before a special token goes.
+      legacy=True: each piece is encoded by the model as it is.
+    Then BOS / EOS as add_bos_token / add_eos_token say (defaults True / False)."""
+
+    def __init__(self, model_file: Path, config: dict[str, Any], legacy: bool) -> None:
+        spm, model_pb2 = _sentencepiece()
+        proto = model_pb2.ModelProto()
+        proto.ParseFromString(model_file.read_bytes())
+        self.dummy_prefix = bool(proto.normalizer_spec.add_dummy_prefix)
+        if not legacy:
+            proto.normalizer_spec.add_dummy_prefix = False
+        self.sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        self.legacy = legacy
+        self.add_bos = bool(config.get("add_bos_token", True))
+        self.add_eos = bool(config.get("add_eos_token", False))
+        # LlamaTokenizer's defaults where the files name none
+        named = {k: _token_content(config[k] if k in config else default) for k, default in
+                 (("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"), ("pad_token", None))}
+        self.unk = named["unk_token"] or "<unk>"
+        special = [*named.values(), *(_token_content(t) for t in config.get("additional_special_tokens") or [])]
+        self.special = {t for t in special if t}
+        self.added: dict[str, int] = {}
+        self.strip: dict[str, tuple[bool, bool]] = {}  # AddedToken lstrip / rstrip
+        for index, token in (config.get("added_tokens_decoder") or {}).items():
+            content = _token_content(token)
+            if content:
+                self.added[content] = int(index)
+                if isinstance(token, dict):
+                    self.strip[content] = (bool(token.get("lstrip")), bool(token.get("rstrip")))
+        for token in sorted(self.special - set(self.added)):
+            piece = self.sp.piece_to_id(token)
+            if self.sp.id_to_piece(piece) != token:
+                raise ModelLoadError(f"llm/tokenizer_config.json names special token {token!r}, which is not a piece "
+                                     "of llm/tokenizer.model")
+            self.added[token] = piece
+        import re
+
+        self._split = re.compile("(" + "|".join(re.escape(t) for t in sorted(self.added, key=len, reverse=True)) + ")")
+        self._unk_len = len(self.sp.encode(self.unk))
+        self.bos_id = self.added.get(named["bos_token"] or "")
+        self.eos_id = self.added.get(named["eos_token"] or "")
+
+    def _chunks(self, text: str) -> list[str]:
+        parts = self._split.split(text) if self.added else [text]
+        for i, part in enumerate(parts):
+            if part in self.strip:
+                lstrip, rstrip = self.strip[part]
+                if lstrip and i > 0:
+                    parts[i - 1] = parts[i - 1].rstrip()
+                if rstrip and i + 1 < len(parts):
+                    parts[i + 1] = parts[i + 1].lstrip()
+        return [p for p in parts if p]
+
+    def ids(self, text: str) -> list[int]:
+        if not self.legacy and text:
+            text = SPIECE_UNDERLINE + text.replace(SPIECE_UNDERLINE, " ")
+        out: list[int] = []
+        for chunk in self._chunks(text):
+            if chunk in self.added:
+                out.append(self.added[chunk])
+            elif self.legacy or not chunk.startswith((SPIECE_UNDERLINE, " ")):
+                out += self.sp.encode(chunk)
+            else:
+                out += self.sp.encode(self.unk + chunk)[self._unk_len:]
+        if (not self.legacy and len(out) > 1 and self.sp.id_to_piece(out[0]) == SPIECE_UNDERLINE
+                and self._piece(out[1]) in self.special):
+            out = out[1:]
+        return [self.bos_id] * (self.add_bos and self.bos_id is not None) + out + \
+            [self.eos_id] * (self.add_eos and self.eos_id is not None)
+
+    def _piece(self, token_id: int) -> str:
+        for content, i in self.added.items():
+            if i == token_id:
+                return content
+        return self.sp.id_to_piece(token_id)
+
+
+def _sentencepiece() -> tuple[Any, Any]:
+    try:
+        import sentencepiece as spm
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError as exc:
+        raise ModelLoadError(f"llm/tokenizer.model is a SentencePiece model: reading it as VILA does needs the "
+                             f"sentencepiece and protobuf packages ({exc})") from None
+    return spm, sentencepiece_model_pb2
+
+
+def vila_tokenizer_settings(text_config: Any, tokenizer_config: dict[str, Any],
+                            dummy_prefix: bool) -> TokenizerSettings:
+    """VILA's branch for this LLM. Yi-34B's shape selects the Yi branch as in VILA; so does a SentencePiece model
+    without a dummy prefix (Yi's tokenizer family: Llama-2's has one), which is what a smaller Yi-style base shows.
+    VILA's third test, "yi" somewhere in the folder's path, is about where files happen to sit and is not used.
+    In the Yi branch legacy comes from tokenizer_config.json; transformers 4.37 reads a missing one as True."""
+    shape = (getattr(text_config, "num_hidden_layers", None), getattr(text_config, "num_attention_heads", None))
+    if shape == YI_34B_LAYERS_HEADS or not dummy_prefix:
+        legacy = tokenizer_config.get("legacy")
+        return TokenizerSettings("yi", True if legacy is None else bool(legacy), dummy_prefix)
+    return TokenizerSettings("llama", False, dummy_prefix)
+
+
+@dataclass
+class LlmTokenizer:
+    """llm/'s tokenizer: the fast one the converted checkpoint ships, and (for a SentencePiece release) VILA's slow
+    one it must reproduce."""
+
+    tokenizer: Any
+    settings: TokenizerSettings | None = None
+    reference: VilaSlowTokenizer | None = None
+    checked: int = 0
+
+    @classmethod
+    def read(cls, llm: Path, text_config: Any) -> LlmTokenizer:
+        from transformers import AutoTokenizer
+
+        model_file = llm / "tokenizer.model"
+        if not model_file.is_file():  # a tokenizer.json-only release: VILA loads this very file, nothing to reproduce
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(str(llm))
+            except Exception as exc:  # noqa: BLE001 - any loader failure means: no usable tokenizer
+                raise ModelLoadError(f"cannot load the tokenizer in {llm}: {exc}") from None
+            return cls(_with_image_token(tokenizer))
+        config_file = llm / "tokenizer_config.json"
+        if not config_file.is_file():
+            raise ModelLoadError(f"{llm} has tokenizer.model but no tokenizer_config.json: VILA's builder finds no "
+                                 "tokenizer without it, and add_bos_token / legacy come from it")
+        config = _json(config_file, "tokenizer config")
+        if (llm / "special_tokens_map.json").is_file():  # transformers 4.x: its entries win over tokenizer_config's
+            config.update(_json(llm / "special_tokens_map.json", "special tokens map"))
+        _, model_pb2 = _sentencepiece()
+        proto = model_pb2.ModelProto()
+        try:
+            proto.ParseFromString(model_file.read_bytes())
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+            raise ModelLoadError(f"cannot read {model_file} as a SentencePiece model: {exc}") from None
+        settings = vila_tokenizer_settings(text_config, config, bool(proto.normalizer_spec.add_dummy_prefix))
+        reference = VilaSlowTokenizer(model_file, config, settings.legacy)
+        with tempfile.TemporaryDirectory() as tmp:
+            src, saved = Path(tmp) / "src", Path(tmp) / "saved"
+            src.mkdir()
+            for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+                if (llm / name).is_file():  # only these: a tokenizer.json beside them is not what VILA loads
+                    shutil.copy(llm / name, src / name)
+            from transformers import LlamaTokenizer
+
+            try:
+                tokenizer = LlamaTokenizer.from_pretrained(str(src), legacy=settings.legacy,
+                                                           add_prefix_space=settings.add_prefix_space)
+            except Exception as exc:  # noqa: BLE001
+                raise ModelLoadError(f"cannot convert {model_file} to a fast tokenizer: {exc}") from None
+            # what the engines will load: saved, settings pinned, loaded back
+            _with_image_token(tokenizer).save_pretrained(str(saved))
+            made = cls(None, settings, reference)
+            made.pin(saved)
+            made.tokenizer = AutoTokenizer.from_pretrained(str(saved))
+        return made
+
+    def pin(self, folder: Path) -> None:
+        """Write the settings into a saved tokenizer_config.json: transformers rebuilds the pre-tokenizer from them
+        on loading (its defaults are legacy=False, add_prefix_space=True)."""
+        if self.settings is None:
+            return
+        path = folder / "tokenizer_config.json"
+        config = json.loads(path.read_text())
+        config.update(legacy=self.settings.legacy, add_prefix_space=self.settings.add_prefix_space)
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
+
+    def check(self, template: str, tokenizer: Any = None) -> int:
+        """Every text VILA's tokenizer sees for LiFT's prompts in `template` (prompt.tokenizer_probes) gives the
+        same ids here as in VILA's slow tokenizer; refuses naming the first piece that does not."""
+        if self.reference is None:
+            return 0
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        probes = tokenizer_probes(CHAT_TEMPLATES[template])
+        for name, text in probes:
+            got, want = list(tokenizer(text).input_ids), self.reference.ids(text)
+            if got != want:
+                k = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+                shown = lambda ids: tokenizer.convert_ids_to_tokens(ids[max(0, k - 2):k + 4])  # noqa: E731
+                raise ModelLoadError(
+                    f"llm/ tokenizer: the converted tokenizer does not reproduce VILA's slow SentencePiece tokenizer "
+                    f"({self.settings.branch} branch, legacy={self.settings.legacy}) on {name}: "
+                    f"{_excerpt(text, tokenizer, got, k)!r} gives ...{shown(got)}... here but ...{shown(want)}... in "
+                    f"VILA (token {k} of {len(want)})")
+        self.checked = len(probes)
+        return self.checked
+
+    def provenance(self) -> dict[str, Any]:
+        if self.settings is None:
+            return {"source": "llm/tokenizer.json", "checked_pieces": 0}
+        return {"source": "llm/tokenizer.model (SentencePiece)", "vila_branch": self.settings.branch,
+                "legacy": self.settings.legacy, "sentencepiece_dummy_prefix": self.settings.dummy_prefix,
+                "prepend_scheme": self.settings.prepend_scheme, "checked_pieces": self.checked}
+
+
+def _excerpt(text: str, tokenizer: Any, ids: list[int], k: int) -> str:
+    """The text around token k (for a long piece, where the difference is)."""
+    if len(text) <= 90:
+        return text
+    at = len(tokenizer.decode(ids[:k]))
+    start = max(0, min(at - 40, len(text) - 80))
+    return ("..." if start else "") + text[start:start + 80] + ("..." if start + 80 < len(text) else "")
+
+
+def _with_image_token(tokenizer: Any) -> Any:
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    return tokenizer
+
+
 # ---- the LoRA release ----------------------------------------------------------------------------------
 @dataclass
 class _LoraModule:
@@ -228,7 +495,8 @@ class LoraRelease:
 
         non_lora_path = lora_dir / "non_lora_trainables.bin"
         if not non_lora_path.is_file():
-            raise ModelLoadError(f"missing {non_lora_path} (LiFT's release ships the projector weights it trained)")
+            raise ModelLoadError(f"missing {non_lora_path} (LiFT's releases ship it: the non-LoRA weights trained "
+                                 "alongside, an empty dict when the projector was frozen, as in LiFT's)")
         try:
             raw = torch.load(str(non_lora_path), map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -308,9 +576,8 @@ def convert_vila(base_dir: str | Path, out_dir: str | Path, lora_dir: str | Path
     vision_cfg = tower.config
     expected_proj = projector_shapes(vision_cfg.hidden_size, text_cfg.hidden_size)
 
-    tokenizer = AutoTokenizer.from_pretrained(str(base / "llm"))
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    llm_tokenizer = LlmTokenizer.read(base / "llm", text_cfg)
+    tokenizer = llm_tokenizer.tokenizer
     image_token_id = int(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
     text_vocab = int(text_cfg.vocab_size)
     padded_vocab = max(text_vocab, math.ceil((image_token_id + 1) / VOCAB_MULTIPLE) * VOCAB_MULTIPLE)
@@ -318,6 +585,7 @@ def convert_vila(base_dir: str | Path, out_dir: str | Path, lora_dir: str | Path
                                                 set(tokenizer.all_special_tokens) | set(tokenizer.get_vocab()))
     if template not in CHAT_TEMPLATES:
         raise ModelLoadError(f"unknown chat template {template!r}; known: {', '.join(CHAT_TEMPLATES)}")
+    llm_tokenizer.check(template)  # before anything is written
     report = ConversionReport(out, template, image_token_id, text_vocab, padded_vocab)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -395,18 +663,21 @@ def convert_vila(base_dir: str | Path, out_dir: str | Path, lora_dir: str | Path
     (out / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}, indent=1))
 
-    tokenizer.save_pretrained(str(out))
     image_processor = tower.image_processor(base / "vision_tower")
     patch_size = vision_image_size(vision_cfg) // vision_grid(vision_cfg)
     LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
                    vision_feature_select_strategy=tower.select_strategy,
-                   image_token=IMAGE_TOKEN).save_pretrained(str(out))
+                   image_token=IMAGE_TOKEN).save_pretrained(str(out))  # the tokenizer's files too
+    llm_tokenizer.pin(out)
+    llm_tokenizer.check(template, AutoTokenizer.from_pretrained(str(out)))  # what the engines will load
+    report.tokenizer = llm_tokenizer.provenance()
     if (base / "llm" / "generation_config.json").is_file():
         shutil.copy(base / "llm" / "generation_config.json", out / "generation_config.json")
     (out / "lift_critic.json").write_text(json.dumps({
         "family": "vila", "converted_from": str(base.resolve()),
         "lora": str(Path(lora_dir).resolve()) if lora_dir else None, "chat_template": template,
         "merged_lora_modules": len(report.merged_lora_modules), "replaced_tensors": report.replaced_tensors,
+        "tokenizer": report.tokenizer,
     }, indent=1))
 
     text_cfg.vocab_size = padded_vocab

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from service.errors import InvalidRequest, ModelLoadError
 from service.families.vila import IMAGE_TOKEN
-from service.rubric import Dimension, user_text
+from service.rubric import DIMENSIONS, LABELS, Dimension, user_text
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,43 @@ def tokenize_with_images(text: str, tokenizer: _Tokenizer, image_token_id: int) 
                 piece_ids = piece_ids[1:]
         ids.extend(piece_ids)
     return ids
+
+
+# Captions for checking a tokenizer on LiFT's prompts: plain words, digits and punctuation, runs of spaces, and text
+# outside the vocabulary (byte fallback), since user captions carry all of these.
+PROBE_CAPTIONS = (
+    "a red car driving on the road",
+    "A cat, 2 dogs & 1 bird: flying at 10:30 pm!",
+    "two  people   dancing in the rain",
+    "café au lait, 東京の夜 and a 🚲",
+)
+# What a reason looks like after "<Label>. " (the tokens after ". " depend on what follows it).
+PROBE_REASON = "The video shows a cat walking smoothly."
+
+
+def tokenizer_probes(template: ChatTemplate) -> list[tuple[str, str]]:
+    """Every text VILA's tokenizer sees for LiFT's prompts in `template`, each named for an error message.
+
+    VILA tokenizes the pieces between `<image>` marks (`tokenize_with_images`): the system text before the first
+    image, the newline after each image, and the last piece (caption + question + assistant start). The answer
+    is learnt inside that last piece, so each label is probed there too, with the `. ` after it and a reason.
+    """
+    probes: list[tuple[str, str]] = []
+    for i, dim in enumerate(DIMENSIONS):
+        for j, caption in enumerate(PROBE_CAPTIONS):
+            head, newline, last = template.render(lift_query(caption, dim, 2)).split(IMAGE_TOKEN)
+            if i == j == 0:
+                probes += [("the system text before the first <image>", head),
+                           ("the newline after an <image>", newline)]
+            where = f"{dim.name}, caption {caption!r}"
+            probes.append((f"caption + question + assistant start ({where})", last))
+            if j == 0:
+                for label in LABELS:
+                    answer = last + template.answer_lead + label
+                    probes += [(f"label {label!r} after the assistant start ({where})", answer),
+                               (f"label {label!r} and the '. ' after it ({where})", answer + ". "),
+                               (f"label {label!r}, '. ' and a reason ({where})", f"{answer}. {PROBE_REASON}")]
+    return probes
 
 
 def choose_template(llm_config: dict[str, Any], vision_model_type: str, special_tokens: set[str]) -> str:
