@@ -36,9 +36,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--demo", action="store_true", default=None,
                    help="serve the tiny random demo critic, built into ~/.cache/lift-reward/demo-critic on first use")
     p.add_argument("--media-root", type=Path, default=None, help="folder video.path may read from (default: paths off)")
-    p.add_argument("--adapter", action="append", choices=("flow-factory", "cosmos-rl"), default=None, dest="adapters",
-                   help="also serve a trainer's reward route set (repeatable; or LIFT_ADAPTERS): flow-factory = "
-                   "POST /compute, cosmos-rl = POST /api/reward/enqueue + /api/reward/pull")
+    p.add_argument("--adapter", action="append", choices=("flow-factory", "cosmos-rl", "unirl"), default=None,
+                   dest="adapters", help="also serve a trainer's reward route set (repeatable; or LIFT_ADAPTERS): "
+                   "flow-factory = POST /compute, cosmos-rl = POST /api/reward/enqueue + /api/reward/pull, "
+                   "unirl = POST /score + GET /rewards (and its roster on GET /health)")
     p.set_defaults(func=serve_command)
 
     t = subparsers.add_parser(

@@ -4,7 +4,8 @@
     LIFT_ADAPTERS=flow-factory,cosmos-rl      or      lift serve --adapter flow-factory --adapter cosmos-rl
 
 - `flow-factory`: `POST /compute` (`GET /health` is the service's own), see `service.adapters.flow_factory`;
-- `cosmos-rl`: `POST /api/reward/enqueue`, `POST /api/reward/pull`, see `service.adapters.cosmos_rl`.
+- `cosmos-rl`: `POST /api/reward/enqueue`, `POST /api/reward/pull`, see `service.adapters.cosmos_rl`;
+- `unirl`: `POST /score`, `GET /rewards`, and `GET /health` with its reward roster, see `service.adapters.unirl`.
 
 Which number a trainer gets: LIFT_ADAPTER_REWARD (`service.adapters.selection`).
 """
@@ -17,7 +18,7 @@ from fastapi import APIRouter
 
 from service.adapters.selection import RewardSelection
 
-ADAPTER_NAMES = ("flow-factory", "cosmos-rl")
+ADAPTER_NAMES = ("flow-factory", "cosmos-rl", "unirl")
 
 
 class Adapter(Protocol):
@@ -40,6 +41,10 @@ def build_adapters(service: Any) -> list[Adapter]:
             from service.adapters.cosmos_rl import CosmosRLAdapter
 
             out.append(CosmosRLAdapter(service, selection))
+        elif name == "unirl":
+            from service.adapters.unirl import UniRLAdapter
+
+            out.append(UniRLAdapter(service, selection))
         else:  # settings validate the names; this guards direct construction
             raise ValueError(f"unknown adapter {name!r}; known: {', '.join(ADAPTER_NAMES)}")
     return out

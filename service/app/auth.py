@@ -10,6 +10,7 @@ from service.errors import Unauthorized
 
 OPS_PATHS = frozenset({"/health", "/ready", "/metrics"})
 DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+ADAPTER_PATHS = frozenset({"/compute", "/score", "/rewards"})  # trainer adapters' routes outside /api/
 
 
 class ApiKeyAuth:
@@ -24,7 +25,7 @@ class ApiKeyAuth:
     def applies_to(self, path: str) -> bool:
         if not self.enabled:
             return False
-        if path.startswith(("/v1/", "/api/")) or path == "/compute":  # /api/, /compute: trainer adapters
+        if path.startswith(("/v1/", "/api/")) or path in ADAPTER_PATHS:
             return True
         return self.protect_ops and path in OPS_PATHS
 

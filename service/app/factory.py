@@ -55,9 +55,9 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.include_router(build_router(service))
-    for adapter in adapters:
+    for adapter in adapters:  # first: an adapter may answer a path of ours its way (UniRL's /health + roster)
         app.include_router(adapter.router)
+    app.include_router(build_router(service))
     app.include_router(build_page_router())  # GET /: the hand-scoring page (issue 8); public, it holds no data
     install_openapi(app)
     app.add_middleware(

@@ -62,9 +62,9 @@ class ServiceSettings(BaseSettings):
                                          "pixels are bigger than mp4: raise it for long or large videos.")
 
     # Trainer adapters (issue 19): extra route sets over the same scoring path
-    adapters: Annotated[list[Literal["flow-factory", "cosmos-rl"]], NoDecode] = Field(
+    adapters: Annotated[list[Literal["flow-factory", "cosmos-rl", "unirl"]], NoDecode] = Field(
         default_factory=list, description="Trainer route sets to serve: flow-factory (/compute), cosmos-rl "
-        "(/api/reward/enqueue, /api/reward/pull); comma-separated.")
+        "(/api/reward/enqueue, /api/reward/pull), unirl (/score, /rewards, /health); comma-separated.")
     adapter_reward: str = Field("reward", description="The number adapters return: reward, expected_reward, a "
                                 "dimension (its expected_score), DIM.score, or a weighted sum 'a=0.5,b=0.5'.")
     latent_vae: Path | None = Field(None, description="diffusers AutoencoderKLWan folder that decodes "
