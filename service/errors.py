@@ -73,6 +73,13 @@ class Unauthorized(LiftError):
     code = "unauthorized"
 
 
+class IdempotencyConflict(InvalidRequest):
+    """An idempotency key already used for other content (prompt, video or options): refused, never answered with
+    the other request's score. A new request needs a new key."""
+
+    code = "idempotency_key_reused"
+
+
 # ---- async reward jobs (enqueue / pull) ------------------------------------------------------
 class JobPending(InvalidRequest):
     """Pulled before the job finished: poll again later (Cosmos-RL's trainer expects a 400 here)."""

@@ -128,6 +128,25 @@ class MemoryJobStore:
         return None
 
 
+def redis_client(url: str) -> Any:
+    """An async Redis client with the service's timeouts (connect 5 s, each command 10 s). Every Redis-backed
+    store (jobs here, repeats in `service.app.idempotency`) connects this way."""
+    import redis.asyncio as aioredis
+
+    return aioredis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+
+
+async def redis_call(coro: Any, what: str) -> Any:
+    """Await one Redis command; unreachable or too slow -> JobStoreUnavailable naming `what` (a 503: the service is
+    degraded, not the client's fault)."""
+    import redis.exceptions
+
+    try:
+        return await coro
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise JobStoreUnavailable(f"{what} (Redis at LIFT_REDIS_URL) is unreachable: {type(exc).__name__}") from None
+
+
 # KEYS[1] = pending zset (member: job id, score: deadline), KEYS[2] = job key.
 # ARGV: now, max_pending, deadline, job id, job json, job key ttl (s). Returns 1 if taken, 0 if full.
 _CREATE_LUA = """
@@ -153,13 +172,11 @@ class RedisJobStore:
 
     def __init__(self, url: str, max_pending: int = 256, ttl_s: float = 3600.0, *, prefix: str = "lift:jobs:",
                  clock: Any = time.time) -> None:
-        import redis.asyncio as aioredis
-
         self.max_pending = max_pending
         self.ttl_s = ttl_s
         self.prefix = prefix
         self._clock = clock
-        self._redis = aioredis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+        self._redis = redis_client(url)
         self._create = self._redis.register_script(_CREATE_LUA)
         self._finish_script = self._redis.register_script(_FINISH_LUA)
         self.url = url
@@ -172,13 +189,7 @@ class RedisJobStore:
         return f"{self.prefix}pending"
 
     async def _call(self, coro: Any) -> Any:
-        import redis.exceptions
-
-        try:
-            return await coro
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise JobStoreUnavailable(f"the job store (Redis at LIFT_REDIS_URL) is unreachable: "
-                                      f"{type(exc).__name__}") from None
+        return await redis_call(coro, "the job store")
 
     async def pending(self) -> int:
         await self._call(self._redis.zremrangebyscore(self._pending_key, "-inf", self._clock()))

@@ -39,6 +39,7 @@ from starlette.formparsers import MultiPartException
 from service.adapters.latents import LATENT_DTYPES, LatentDecoder
 from service.adapters.selection import RewardSelection, all_scores
 from service.app.errors import MalformedBody, ValidationFailed
+from service.app.idempotency import cacheable_code
 from service.errors import (
     InvalidRequest,
     InvalidVideo,
@@ -153,7 +154,9 @@ class CosmosRLAdapter:
         return header
 
     async def enqueue(self, body: bytes) -> dict[str, str]:
-        header, data = self._parse(body)
+        return await self._enqueue(*self._parse(body))
+
+    async def _enqueue(self, header: dict[str, Any], data: bytes) -> dict[str, str]:
         prompts, media_type, reward_fn, fps = self._check_header(header)
         npy_header = await asyncio.to_thread(self._check_array, data, media_type, len(prompts))
         if not self.service.ready:
@@ -227,6 +230,16 @@ class CosmosRLAdapter:
         keys = list(per_sample[0])
         return {"scores": {k: [s[k] for s in per_sample] for k in keys}}
 
+    async def _job_answers(self, first: Any) -> bool:
+        """Whether a remembered enqueue answer still stands: its job is pending, done, or failed for bad input. A job
+        that expired, timed out, lost its replica or hit an engine failure is enqueued again."""
+        if first.status != 200:
+            return True
+        job = await self.store.get(json.loads(first.body)["uuid"])
+        if job is None:
+            return False
+        return job.state != "failed" or cacheable_code((job.error or {}).get("code", ""))
+
     # -- pull --------------------------------------------------------------------------------------------
     async def pull(self, job_id: str, kind: str | None) -> dict[str, Any]:
         job = await self.store.get(job_id)
@@ -258,7 +271,13 @@ class CosmosRLAdapter:
                 media = request.headers.get("content-type", "").split(";")[0].strip().lower()
                 if media not in ("", "application/octet-stream"):
                     raise UnsupportedMedia(f"Content-Type {media!r}: send application/octet-stream")
-                return JSONResponse(await self.enqueue(await request.body()))
+                header, data = self._parse(await request.body())
+                # Its client retries enqueue after a timeout, a 5xx or a 408/425/429; the header has no request id:
+                # the key is the Idempotency-Key header if sent, else the content (header + array). A repeat gets the
+                # first job's uuid (no second job), unless that job failed for a reason worth retrying.
+                return await self.service.idempotency.answer(
+                    request, "/api/reward/enqueue", (header, data), lambda: self._enqueue(header, data),
+                    by_content=True, reuse=self._job_answers)
 
         @router.post("/api/reward/pull", summary="Cosmos-RL: pull a job's scores (400 while pending)",
                      openapi_extra={"requestBody": {"required": True, "content": {

@@ -122,7 +122,15 @@ class FlowFactoryAdapter:
         async def compute(request: Request) -> Response:
             async with service.admission.admit():
                 data = await _read_json(request)
-                return JSONResponse(await self.compute(data))
+                # Its client resends the same body up to 3 times, at once, after any error or its 60/120 s timeout.
+                # The protocol has no request id: the key is the Idempotency-Key header if sent, else the content
+                # (prompts, frames, kwargs.reward, kwargs.fps): an exact resend is answered from the first call.
+                prompts, videos, _, fps = self._parse(data)
+                kwargs = data["kwargs"] if isinstance(data.get("kwargs"), dict) else {}
+                waves = -(-len(prompts) // max(1, service.settings.max_inflight))
+                return await service.idempotency.answer(
+                    request, "/compute", (prompts, videos, kwargs.get("reward"), fps), lambda: self.compute(data),
+                    by_content=True, pending_s=service.settings.request_timeout_s * waves + 30.0)
 
         return router
 

@@ -199,7 +199,18 @@ class UniRLAdapter:
         async def score(request: Request) -> Response:
             async with service.admission.admit():
                 data = await _read_json(request)
-                return JSONResponse(await self.score(data))
+                # Its client resends a chunk after a timeout (300 s), a 5xx or a 429. Newer clients give every sample a
+                # `request_id` (its sample id, or a uuid made once per chunk): the key is the chunk's ids, so ids reused
+                # with other content (a resumed run) are a 409, never the old scores. Without ids (the 1a7b501 client)
+                # the key is the content. An Idempotency-Key header wins over both.
+                self._parse(data)  # a bad envelope is refused before anything is remembered
+                requests = data["requests"]
+                ids = [r.get("request_id") for r in requests]
+                key = ("request_id", ",".join(ids)) if ids and all(isinstance(i, str) and i for i in ids) else None
+                waves = -(-len(requests) // max(1, service.settings.max_inflight))
+                return await service.idempotency.answer(
+                    request, "/score", (requests,), lambda: self.score(data), by_content=True, ids=key,
+                    pending_s=service.settings.request_timeout_s * waves + 30.0)
 
         # Served before the service's own /health (the app includes adapters first): the same liveness answer
         # with UniRL's reward roster added. The service's route documents the path.

@@ -41,6 +41,15 @@ class ServiceMetrics:
         self.parse_failures = Counter("lift_parse_failures", "Critic answers that did not parse.", registry=r)
         self.engine_ready = Gauge("lift_engine_ready", "1 when the engine is loaded and serving.", registry=r)
         self.rejected = Counter("lift_rejected_requests", "Requests or batch items answered with an error.", ["reason"], registry=r)
+        self.idempotent_replays = Counter(
+            "lift_idempotent_replays", "Repeats (same idempotency key, same content) answered with the first result, "
+            "not scored again; waited=true: the first was still being scored.", ["route", "waited"], registry=r)
+        self.idempotency_conflicts = Counter(
+            "lift_idempotency_conflicts", "Requests refused 409: an idempotency key reused with other content.",
+            ["route"], registry=r)
+        self.idempotency_store_errors = Counter(
+            "lift_idempotency_store_errors", "Idempotency store (Redis) unreachable: requests scored without repeat "
+            "detection.", registry=r)
 
     def set_queue(self, inflight: int, queued: int) -> None:
         self.inflight.set(inflight)

@@ -37,6 +37,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         400: "Malformed body (not JSON, not UTF-8, broken form).",
         401: "Missing or invalid API key.",
         403: "Media source not allowed (outside the media root, private address, ...).",
+        409: "Idempotency-Key already used for a request with other content.",
         413: "Video or body over LIFT_MAX_VIDEO_BYTES.",
         415: "Body is neither JSON nor multipart/form-data.",
         422: "Invalid fields, or a video that cannot be decoded or fetched.",
@@ -51,7 +52,13 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+_IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {
+    "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    "description": "Makes a retry safe: a repeat with the same key and the same content is answered with the first "
+                   "answer (header Idempotent-Replayed: true), not scored again; the same key with other content is "
+                   "a 409. Remembered LIFT_IDEMPOTENCY_TTL_S (900 s)."}
 _SCORE_BODY = {
+    "parameters": [_IDEMPOTENCY_KEY],
     "requestBody": {
         "required": True,
         "content": {
@@ -72,8 +79,15 @@ _SCORE_BODY = {
         },
     }
 }
-_BATCH_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BatchScoreRequest")}}}}
+_BATCH_BODY = {"parameters": [_IDEMPOTENCY_KEY],
+               "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BatchScoreRequest")}}}}
 EXTRA_SCHEMAS = (ScoreRequest, BatchScoreRequest)
+
+
+def _video_parts(req: ScoreRequest) -> list[Any]:
+    """A JSON request's media as sent, for its content hash (base64 text as given: a resend is byte for byte)."""
+    v = req.video
+    return [v.path, v.url, v.base64, v.npy, v.frames, v.fps]
 
 
 def _media_type(request: Request) -> str:
@@ -107,11 +121,14 @@ def build_router(service: ScoringService) -> APIRouter:
     async def score(request: Request) -> Response:
         async with service.admission.admit():  # before reading the body: bounds memory under a burst
             media = _media_type(request)
+            once = service.idempotency  # Idempotency-Key: a repeat gets the first answer, unscored
             if media == "multipart/form-data":
                 video, prompt, options, fps = await _read_form(request, max_video, max_frames)
-                return _json(await service.score_upload(video, prompt, options, fps=fps))
-            data = await _read_json(request)
-            return _json(await service.score(parse_score_request(data)))
+                return await once.answer(request, "/v1/score", ("upload", prompt, options, fps, video),
+                                         lambda: service.score_upload(video, prompt, options, fps=fps))
+            req = parse_score_request(await _read_json(request))
+            return await once.answer(request, "/v1/score", ("json", req.prompt, req.options, _video_parts(req)),
+                                     lambda: service.score(req))
 
     @router.post(
         "/v1/score/batch",
@@ -123,7 +140,11 @@ def build_router(service: ScoringService) -> APIRouter:
     async def score_batch(request: Request) -> Response:
         async with service.admission.admit():
             data = await _read_json(request)
-            return _json(await service.score_batch(data))
+            items = data.get("items") if isinstance(data, dict) else None
+            once = None  # Idempotency-Key: checked against all items now, each item's answer remembered
+            if isinstance(items, list):
+                once = await service.idempotency.batch(request, "/v1/score/batch", items)
+            return _json(await service.score_batch(data, once=once))
 
     @router.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]}, summary="The served critic")
     async def models() -> ModelList:

@@ -21,6 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from service.app import context
 from service.app.admission import Admission
 from service.app.errors import MalformedBody, ValidationFailed, error_detail, validation_failed
+from service.app.idempotency import BatchItems, Idempotency, Outcome, deployment_namespace
 from service.app.metrics import ServiceMetrics
 from service.app.settings import ServiceSettings
 from service.errors import (
@@ -160,6 +161,8 @@ class ScoringService:
         self._engine_lost = asyncio.Event()  # set once the engine died: in-flight scores answer 503 at once
         self._limits = self._media_limits()
         self._parse_failures_seen = int(getattr(critic, "parse_failures", 0) or 0)
+        # Repeats (same key, same content) get the first answer (service.app.idempotency); routes and adapters use it
+        self.idempotency = Idempotency.from_settings(settings, metrics, lambda: deployment_namespace(settings, critic))
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -209,6 +212,7 @@ class ScoringService:
         if self._started_engine:
             await self.critic.stop()
         await self.connector.aclose()
+        await self.idempotency.aclose()
 
     @property
     def ready(self) -> bool:
@@ -410,8 +414,9 @@ class ScoringService:
         except TimeoutError:
             raise RequestTimeout(f"scoring took longer than {timeout:g}s (LIFT_REQUEST_TIMEOUT_S)") from None
 
-    async def score_batch(self, data: Any) -> BatchScoreResponse:
-        """Items are validated and scored one by one: a bad item becomes its own error, in its place."""
+    async def score_batch(self, data: Any, *, once: BatchItems | None = None) -> BatchScoreResponse:
+        """Items are validated and scored one by one: a bad item becomes its own error, in its place. With `once` (a
+        keyed batch), each item's first answer is remembered and a repeat's item gets it instead of a new scoring."""
         if not isinstance(data, dict) or set(data) - {"items"} or not isinstance(data.get("items"), list):
             raise ValidationFailed("expected {\"items\": [score request, ...]}", param="items")
         items = data["items"]
@@ -426,10 +431,16 @@ class ScoringService:
 
         async def one(i: int, raw: Any) -> ScoreResponse | BatchItemError:
             prefix = f"items.{i}."
-            try:
+
+            async def work() -> ScoreResponse:
                 request = parse_score_request(raw, prefix=f"items.{i}")
+                return await self._score_request(request, prefix)
+
+            try:
                 async with asyncio.timeout(timeout):
-                    return await self._score_request(request, prefix)
+                    if once is None:
+                        return await work()
+                    return _batch_item(await once.run(i, work))
             except TimeoutError:
                 return self._item_error(RequestTimeout(f"item {i} took longer than {timeout:g}s"))
             except LiftError as exc:
@@ -442,6 +453,14 @@ class ScoringService:
         self.metrics.rejected.labels(reason=exc.code).inc()
         return BatchItemError(error=error_detail(exc))
 
+
+
+def _batch_item(outcome: Outcome) -> ScoreResponse | BatchItemError:
+    if not outcome.replayed:
+        return outcome.value
+    if outcome.status == 200:
+        return ScoreResponse.model_validate_json(outcome.body)
+    return BatchItemError.model_validate_json(outcome.body)  # a remembered bad-input error, as first answered
 
 
 def _b64_frames(frames: list[str], max_bytes: int, param: str) -> list[bytes]:

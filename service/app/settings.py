@@ -69,10 +69,16 @@ class ServiceSettings(BaseSettings):
                                 "dimension (its expected_score), DIM.score, or a weighted sum 'a=0.5,b=0.5'.")
     latent_vae: Path | None = Field(None, description="diffusers AutoencoderKLWan folder that decodes "
                                     "media_type=latent (Cosmos-RL); unset = latents refused.")
-    redis_url: SecretStr | None = Field(None, description="Redis for the async job store, shared by replicas; "
-                                        "unset = jobs kept in this process.")
+    redis_url: SecretStr | None = Field(None, description="Redis for the async job store and the idempotency store, "
+                                        "shared by replicas; unset = both kept in this process.")
     jobs_max_pending: int = Field(256, ge=1, description="Unfinished async jobs at once; enqueue beyond: 429.")
     jobs_ttl_s: float = Field(3600.0, gt=0, description="How long a finished job's result can be pulled.")
+
+    # Safe retries (service.app.idempotency): a repeat (same key, same content) gets the first answer, unscored
+    idempotency_max_entries: int = Field(4096, ge=0, description="Finished requests remembered for repeats "
+                                         "(Idempotency-Key; the adapters' keys); oldest forgotten first; 0 = off.")
+    idempotency_ttl_s: float = Field(900.0, gt=0, description="How long a finished request is remembered; longer "
+                                     "than the slowest client's resend (FastVideo's: after a 300 s timeout).")
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description="Bearer keys for /v1/*; empty = auth off.")
     auth_ops_routes: bool = Field(False, description="Also require a key for /health, /ready, /metrics.")

@@ -205,7 +205,8 @@ def test_enqueue_flood_past_the_bound_is_429_and_nothing_is_lost(serve_app: Call
     many = np.concatenate([clips] * 4)  # 8 samples a job: the engine holds each job for a while
     prompts = PROMPTS * 4
     with serve_app(adapters=["cosmos-rl"], jobs_max_pending=2, jobs_ttl_s=3.0) as url:
-        answers = [enqueue(url, body(prompts, many), headers={}) for _ in range(6)]
+        # six different jobs (the same body six times would be one job: a repeat gets the first job's uuid)
+        answers = [enqueue(url, body([f"{p} #{k}" for p in prompts], many), headers={}) for k in range(6)]
         accepted = [r.json()["uuid"] for r in answers if r.status_code == 200]
         refused = [r for r in answers if r.status_code != 200]
         assert len(accepted) >= 2 and refused, [r.status_code for r in answers]
