@@ -39,6 +39,7 @@ def make_videos(folder: Path, n: int, first: int = 0) -> list[Path]:
     from service.synthetic_videos import COLOURS, moving_square, unique_background, write_video
 
     colours = list(COLOURS)
+    folder.mkdir(parents=True, exist_ok=True)
     return [write_video(folder / f"v{i}", moving_square(num_frames=24, height=96, width=128, colour=colours[i % len(colours)],
                                                           background=unique_background(i), seed=i, jitter=0.1 * (i % 3)),
                         codec="h264_mp4")
@@ -56,13 +57,16 @@ def original_way(model_dir: Path, videos: list[Path], max_new_tokens: int, tempe
     from service.rubric import DIMENSION_NAMES
 
     family = Qwen2VLFamily(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # LiFT ran its loop on the GPU
+    model = AutoModelForImageTextToText.from_pretrained(
+        model_dir, dtype="auto" if dtype == "auto" else getattr(torch, dtype)).to(device).eval()
     t0 = time.perf_counter()
     with torch.inference_mode():
         for video in videos:
             for dim in DIMENSION_NAMES:
                 frames = decode_video(video, 8)
-                inputs = family.hf_prompt("a coloured square moving", dim, frames)
+                inputs = {k: v.to(device) if hasattr(v, "to") else v
+                          for k, v in family.hf_prompt("a coloured square moving", dim, frames).items()}
                 if temperature > 0:
                     model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature)
                 else:
@@ -165,4 +169,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from clients.processes import exit_on_sigterm
+
+    exit_on_sigterm()  # SIGTERM unwinds: the servers and engines this benchmark started are stopped
     main()

@@ -94,4 +94,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from clients.processes import exit_on_sigterm
+
+    exit_on_sigterm()  # SIGTERM unwinds: the servers and engines this benchmark started are stopped
     sys.exit(main())

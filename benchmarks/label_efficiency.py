@@ -133,6 +133,7 @@ def stub_ceiling(items: list[tuple[Path, str]], tmp: Path, concurrency: int, rep
     """Best (whole command, labeling time) videos/s of `lift label` against a replica answering at once, over
     STUB_ITEMS uploads of the same videos (distinct prompts, so distinct ids)."""
     from benchmarks.lift_servers import free_port
+    from clients.processes import die_with_parent
 
     manifest = tmp / "stub_manifest.jsonl"
     with manifest.open("w") as f:
@@ -141,7 +142,8 @@ def stub_ceiling(items: list[tuple[Path, str]], tmp: Path, concurrency: int, rep
             f.write(json.dumps({"video": str(path), "prompt": f"{prompt} #{k}"}) + "\n")
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", STUB, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", STUB, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=die_with_parent)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -258,4 +260,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from clients.processes import exit_on_sigterm
+
+    exit_on_sigterm()  # SIGTERM unwinds: the servers and engines this benchmark started are stopped
     sys.exit(main())

@@ -469,4 +469,7 @@ def report(out: Path, s: Settings, pre, train_ratings, heldout_ratings, loops: d
 
 
 if __name__ == "__main__":
+    from clients.processes import exit_on_sigterm
+
+    exit_on_sigterm()  # SIGTERM unwinds: the servers and engines this benchmark started are stopped
     sys.exit(main())

@@ -1,4 +1,7 @@
-"""`lift serve` replicas as subprocesses for benchmarks: start, wait for /ready, stop (SIGTERM, then SIGKILL)."""
+"""`lift serve` replicas as subprocesses for benchmarks: start, wait for /ready, stop (SIGTERM, then SIGKILL).
+
+A replica never outlives the benchmark: stopped on the way out (the benchmark turns SIGTERM into an unwind,
+clients.processes.exit_on_sigterm), and sent SIGTERM by the kernel if the benchmark dies any other way."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+from clients.processes import die_with_parent
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +47,8 @@ def lift_serve(model: Path, *, engine: str, log_dir: Path, replicas: int = 1, en
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "clients.cli", "serve", "--model", str(model), "--engine", engine,
                      "--host", "127.0.0.1", "--port", str(port)],
-                    cwd=REPO, env=proc_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                    cwd=REPO, env=proc_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    preexec_fn=die_with_parent))  # killed benchmark (even SIGKILL) -> SIGTERM to its servers
             urls.append(f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + ready_timeout_s
         for i, (url, proc) in enumerate(zip(urls, procs)):

@@ -120,7 +120,7 @@ async def profile(model_dir: Path, video_sets: list[list[Path]], concurrency: in
                                  structured_outputs=StructuredOutputsParams(regex=regex))
         free = SamplingParams(max_tokens=max_reason_tokens, temperature=0.0)
         for name, suffix, params in (("reason round, grammar (before)", good, grammar),
-                                     ("reason round, '. ' in the prompt (now)", good + engine._reason_prefix_ids, free)):
+                                     ("reason round, '.' in the prompt (now)", good + engine._reason_prefix_ids["Good"], free)):
             wall, outs = await _batch([engine._run(p, suffix, params) for ps in staged for p in ps.values()],
                                       concurrency * 3)
             gen = sum(len(o.outputs[0].token_ids) for o in outs)
@@ -193,4 +193,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from clients.processes import exit_on_sigterm
+
+    exit_on_sigterm()  # SIGTERM unwinds: the servers and engines this benchmark started are stopped
     main()

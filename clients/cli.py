@@ -49,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     from clients.console import route_engine_logs
 
     route_engine_logs(verbose=bool(getattr(args, "verbose", False)))  # before anything imports vllm
+    from clients.processes import Terminated, exit_on_sigterm
     from service.errors import LiftError
 
     command = "label merge" if args.command == "label-merge" else args.command
+    exit_on_sigterm()  # SIGTERM unwinds like Ctrl-C: what the command started (an engine, a server) is stopped
     try:
         result = args.func(args)
     except LiftError as exc:
@@ -60,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lift {command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"lift {command}: terminated", file=sys.stderr)
+        return int(exc.code or 143)
     return int(result or 0)
 
 

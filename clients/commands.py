@@ -35,6 +35,12 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, default=None, help="0 = greedy (default); >0 samples")
     g.add_argument("--seed", type=int, default=None, help="sampling seed")
     g.add_argument("--max-reason-tokens", type=int, default=None, help="cap on each rationale's tokens (faster)")
+    g.add_argument("--no-rationale", dest="rationale", action="store_false", default=None,
+                   help="reward-only: labels, probabilities and rewards without generating reasons (faster)")
+    g.add_argument("--scoring", choices=("label", "lift"), default=None,
+                   help="label = the most probable label, then a reason (service default); lift = as LiFT's scripts "
+                        "did: the whole answer sampled at T=0.2, 'Normal' anywhere -> Normal, else 'Bad' -> Bad, "
+                        "else Good")
 
 
 def _add_server_options(p: argparse.ArgumentParser, required_hint: str) -> None:
@@ -61,7 +67,7 @@ def _options(args: argparse.Namespace) -> Any:
     from service.protocol import ScoreOptions
 
     raw = {"num_frames": args.num_frames, "temperature": args.temperature, "seed": args.seed,
-           "max_reason_tokens": args.max_reason_tokens}
+           "max_reason_tokens": args.max_reason_tokens, "scoring": args.scoring, "rationale": args.rationale}
     raw = {k: v for k, v in raw.items() if v is not None}
     if not raw:
         return None
@@ -195,6 +201,9 @@ resumes like any run. `lift label merge PART.jsonl... --out MERGED.jsonl` joins 
     p.add_argument("--allow-item-errors", action="store_true",
                    help="exit 0 when the run finished even if some items are error lines (for batch jobs "
                         "that retry a non-zero exit: retrying cannot fix a broken video)")
+    p.add_argument("--rule-agreement", action="store_true",
+                   help="the summary also says how often the two scoring rules (label, LiFT's substring) read an "
+                        "answer differently")
     _add_score_options(p)
     p.set_defaults(func=label_command)
 
@@ -209,7 +218,7 @@ def label_command(args: argparse.Namespace) -> int:
         manifest=args.manifest, out=args.out, servers=servers, concurrency=args.concurrency,
         retry_errors=args.retry_errors, format=args.format, export_lift=args.export_lift, plot=args.plot,
         api_key=args.api_key, options=_options(args), timeout_s=args.timeout, progress=not args.no_progress,
-        shard=args.shard, allow_item_errors=args.allow_item_errors,
+        shard=args.shard, allow_item_errors=args.allow_item_errors, rule_agreement=args.rule_agreement,
     )
     result = asyncio.run(label(config))
     if result.repaired_bytes:

@@ -17,6 +17,7 @@ from typing import Any, get_args
 
 from service.errors import InvalidRequest
 from service.protocol import DimensionName, ScoreResponse
+from service.rubric import lift_substring_label
 
 from .journal import ERROR, OK, iter_records
 
@@ -35,6 +36,7 @@ def ok_record(item_id: str, video: str, prompt: str, resp: ScoreResponse) -> dic
         "dimensions": {k: v.model_dump(mode="json") for k, v in resp.dimensions.items()},
         "model": resp.model,
         "num_frames": resp.num_frames,
+        "scoring": resp.scoring,
         "request_id": resp.id,
     }
 
@@ -63,6 +65,8 @@ class Summary:
     dim_score_sum: dict[str, float] = field(default_factory=lambda: {d: 0.0 for d in DIMENSIONS})
     rewards: list[float] = field(default_factory=list)
     expected_scores: dict[str, list[float]] = field(default_factory=lambda: {d: [] for d in DIMENSIONS})
+    # with rule_agreement: per dimension, the answers whose label the other scoring rule reads differently
+    rule_disagreements: dict[str, int] | None = None
 
     @property
     def mean_reward(self) -> float:
@@ -82,6 +86,7 @@ class Summary:
             "mean_reward": None if not self.ok else self.mean_reward,
             "mean_expected_reward": None if not self.ok else self.mean_expected_reward,
             "labels": {d: {lab: self.labels[d][lab] for lab in LABELS} for d in DIMENSIONS},
+            **({"rule_disagreements": dict(self.rule_disagreements)} if self.rule_disagreements is not None else {}),
         }
 
     def format(self) -> str:
@@ -103,13 +108,28 @@ class Summary:
                 lines.append(
                     f"{d:<{width}}  {c['Good']:>6} {c['Normal']:>6} {c['Bad']:>6}  {self.dim_score_sum[d] / self.ok:.4f}"
                 )
+        if self.rule_disagreements is not None and self.ok:
+            n = sum(self.rule_disagreements.values())
+            lines.append(f"scoring rules (label vs LiFT's substring rule) disagree on {n} of {self.ok * len(DIMENSIONS)} "
+                         "answers: " + ", ".join(f"{d} {self.rule_disagreements[d]}" for d in DIMENSIONS))
         return "\n".join(lines)
 
 
-def summarize(journal_path: Path, ids: Iterable[str]) -> Summary:
+def other_rule_label(dim: dict[str, Any], scoring: str) -> str:
+    """The label the scoring rule NOT used for this answer would have read: LiFT's substring rule on the answer
+    the label rule produced ("<Label>. <reason>"), or the most probable label where LiFT's rule was used."""
+    if scoring == "lift":
+        probs = dim["probabilities"]
+        return max(LABELS, key=lambda lab: (probs[lab], -LABELS.index(lab)))
+    return lift_substring_label(f"{dim['label']}. {dim.get('rationale', '')}")
+
+
+def summarize(journal_path: Path, ids: Iterable[str], *, rule_agreement: bool = False) -> Summary:
     """Statistics over the journal, restricted to the manifest's ids (one record per id)."""
     wanted = set(ids)
     s = Summary(total=len(wanted))
+    if rule_agreement:
+        s.rule_disagreements = {d: 0 for d in DIMENSIONS}
     seen: set[str] = set()
     for rec in iter_records(journal_path):
         ident = str(rec["id"])
@@ -127,6 +147,8 @@ def summarize(journal_path: Path, ids: Iterable[str]) -> Summary:
                     s.labels[d][dim["label"]] += 1
                     s.dim_score_sum[d] += dim["score"]
                     s.expected_scores[d].append(dim["expected_score"])
+                    if s.rule_disagreements is not None:
+                        s.rule_disagreements[d] += other_rule_label(dim, rec.get("scoring", "label")) != dim["label"]
         else:
             s.errors += 1
             s.error_codes[rec.get("error", {}).get("code", "unknown")] += 1

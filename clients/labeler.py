@@ -54,6 +54,8 @@ class LabelConfig:
     retry: RetryPolicy = field(default_factory=lambda: LABEL_RETRY)
     shard: Shard | None = field(default=None, metadata={"help": "Label only this shard's items (K/N)."})
     allow_item_errors: bool = field(default=False, metadata={"help": "Exit 0 when finished with error lines."})
+    rule_agreement: bool = field(default=False, metadata={
+        "help": "Summary counts the answers that the other scoring rule (label vs LiFT's substring) reads differently."})
 
     def __post_init__(self) -> None:
         self.manifest, self.out = Path(self.manifest), Path(self.out)
@@ -115,7 +117,7 @@ async def label(config: LabelConfig) -> LabelResult:
         journal.unlock()
 
     ids = [it.id for it in items]
-    summary = summarize(journal.path, ids)
+    summary = summarize(journal.path, ids, rule_agreement=config.rule_agreement)
     summary.new_this_run = sum(1 for it in todo if journal.status.get(it.id) in (OK, ERROR))
     summary.skipped_done = skipped
     summary.seconds = seconds

@@ -78,6 +78,7 @@ class AsyncRewardFunction:
         strategy: Strategy = "least_loaded",
         name: str = "lift_reward",
         fps: float = 8.0,
+        rationale: bool = False,
     ) -> None:
         _check_reward(reward)
         if concurrency < 1:
@@ -89,7 +90,10 @@ class AsyncRewardFunction:
         self.expected = expected
         self.allow_failures = allow_failures
         self.concurrency = concurrency
-        self.options = options
+        # A learner reads numbers, never reasons: reward-only unless asked (or options say rationale=True)
+        self.options = _options(options) or ScoreOptions()
+        if "rationale" not in self.options.model_fields_set:
+            self.options = self.options.model_copy(update={"rationale": rationale})
         self.__name__ = name  # TRL logs reward functions by __name__
         self.last_errors: dict[int, LiftError] = {}
         self._client_kwargs = dict(api_key=api_key, timeout=timeout, retry=retry, strategy=strategy,

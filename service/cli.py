@@ -126,6 +126,16 @@ def ensure_demo_critic(folder: Path) -> Path:
     return Path(build_tiny_critic(folder, family="qwen2_vl", seed=0))
 
 
+def warn_about_leftover_engines() -> None:
+    """One line on stderr when engine processes of a dead earlier replica still hold memory on this host (an
+    older version, or a vLLM started without our lifeline, leaves them): the usual cause of a replica that then
+    cannot load. Not ours to kill: the line says what they are."""
+    from service.engines.lifeline import describe_leftovers, leftover_engine_processes
+
+    if leftovers := leftover_engine_processes():
+        print(f"lift serve: warning: {describe_leftovers(leftovers)}", file=sys.stderr, flush=True)
+
+
 def serve_command(args: argparse.Namespace) -> int:
     from service.app.logs import configure_logging
     from service.errors import InvalidRequest
@@ -139,12 +149,14 @@ def serve_command(args: argparse.Namespace) -> int:
         raise InvalidRequest(f"--model {settings.model} is not a folder")
     configure_logging(settings.log_level)
     print(json.dumps({"msg": "lift serve settings", **settings.public_view()}), file=sys.stderr, flush=True)
+    warn_about_leftover_engines()
 
     from service.app import create_app
     from service.app.server import GracefulServer, uvicorn_config
     from service.critic import Critic
 
-    critic = Critic.from_pretrained(settings.model, engine=settings.engine, **settings.engine_options())
+    critic = Critic.from_pretrained(settings.model, engine=settings.engine, scoring=settings.scoring,
+                                    **settings.engine_options())
     failed: list[BaseException] = []
 
     def on_fatal(exc: BaseException) -> None:

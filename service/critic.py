@@ -22,7 +22,16 @@ from service.engines.base import DEFAULT_MAX_REASON_TOKENS
 from service.errors import AnswerParseError, EngineDead, EngineNotReady, InvalidRequest
 from service.media import MediaLimits, VideoFrames, decode_video, frames_from_array
 from service.protocol import MAX_PROMPT_CHARS, DimensionScore, ModelCard, ScoreOptions, ScoreResponse
-from service.rubric import DEFAULT_NUM_FRAMES, DIMENSIONS, LABEL_SCORES, parse_answer
+from service.rubric import (
+    DEFAULT_NUM_FRAMES,
+    DIMENSIONS,
+    LABEL_SCORES,
+    LIFT_MAX_NEW_TOKENS,
+    LIFT_TEMPERATURE,
+    ScoringRule,
+    lift_substring_label,
+    parse_answer,
+)
 from service.scoring import dimension_score, reward
 
 VideoInput = bytes | str | os.PathLike[str] | VideoFrames | np.ndarray
@@ -31,8 +40,10 @@ THUMBNAIL_SIZE = 160
 
 class Critic:
     def __init__(self, engine: CriticEngine, model_dir: str | Path, *, model_name: str | None = None,
-                 limits: MediaLimits | None = None, num_frames: int = DEFAULT_NUM_FRAMES) -> None:
+                 limits: MediaLimits | None = None, num_frames: int = DEFAULT_NUM_FRAMES,
+                 scoring: ScoringRule = "label") -> None:
         self.engine = engine
+        self.scoring: ScoringRule = scoring  # the rule when a request does not name one (service.rubric)
         self.model_dir = Path(model_dir)
         self.model_name = model_name or self.model_dir.name
         self.limits = limits or MediaLimits()
@@ -42,10 +53,10 @@ class Critic:
     @classmethod
     def from_pretrained(cls, path: str | Path, engine: str = "vllm", *, model_name: str | None = None,
                         limits: MediaLimits | None = None, num_frames: int = DEFAULT_NUM_FRAMES,
-                        **engine_options: Any) -> "Critic":
+                        scoring: ScoringRule = "label", **engine_options: Any) -> "Critic":
         """A critic on the checkpoint folder `path`, not started yet (call `await critic.start()`)."""
         return cls(create_engine(engine, path, **engine_options), path, model_name=model_name, limits=limits,
-                   num_frames=num_frames)
+                   num_frames=num_frames, scoring=scoring)
 
     @property
     def ready(self) -> bool:
@@ -101,12 +112,22 @@ class Critic:
         t0 = time.perf_counter()
         frames = await asyncio.to_thread(self.decode, video, options.num_frames, limits)
         t1 = time.perf_counter()
-        sampling = SamplingOptions(temperature=options.temperature or 0.0, seed=options.seed,
-                                   max_reason_tokens=options.max_reason_tokens or DEFAULT_MAX_REASON_TOKENS)
+        rule = options.scoring or self.scoring
+        if rule == "lift" and not options.rationale:
+            raise InvalidRequest("scoring 'lift' reads LiFT's label from the generated answer: it needs rationale "
+                                 "true (this deployment's LIFT_SCORING is 'lift')", param="options.rationale")
+        sampling = sampling_for(options, rule)
         answers = await self.engine.generate(CriticQuery(frames, prompt, sampling))
         t2 = time.perf_counter()
         dims: dict[str, DimensionScore] = {}
         for answer in answers:
+            if not options.rationale:  # reward-only: no reason was generated
+                dims[answer.dimension] = dimension_score(answer.label, answer.probabilities, None)
+                continue
+            if rule == "lift":  # LiFT's rule reads the whole free answer; it is the rationale as LiFT kept it
+                dims[answer.dimension] = dimension_score(lift_substring_label(answer.text), answer.probabilities,
+                                                         answer.text)
+                continue
             try:
                 rationale = parse_answer(answer.text).rationale
             except AnswerParseError:  # engines force the format; count it if a model ever slips through
@@ -114,12 +135,24 @@ class Critic:
                 rationale = answer.text
             dims[answer.dimension] = dimension_score(answer.label, answer.probabilities, rationale)
         r, er = reward(dims)
+        seen = self.engine.family.critic_frames(frames)  # type: ignore[attr-defined]  # what the critic was shown
         timings = {"decode": (t1 - t0) * 1000, "engine": (t2 - t1) * 1000, "total": (time.perf_counter() - t0) * 1000}
         return ScoreResponse(
             id=request_id or f"score-{uuid.uuid4().hex[:16]}", model=self.model_name, reward=r, expected_reward=er,
-            num_frames=frames.num_frames, dimensions=dims, timings_ms={k: round(v, 2) for k, v in timings.items()},
-            frames=_thumbnails(frames) if options.return_frames else None,
+            num_frames=seen.num_frames, scoring=rule, rationale=options.rationale, dimensions=dims, timings_ms={k: round(v, 2) for k, v in timings.items()},
+            frames=_thumbnails(seen) if options.return_frames else None,
         )
+
+
+def sampling_for(options: ScoreOptions, rule: ScoringRule) -> SamplingOptions:
+    """The engine's decoding for a request: ours (greedy unless asked, bounded reason), or LiFT's (the whole
+    answer sampled at T = 0.2 with up to 512 new tokens, unless the request says otherwise)."""
+    if rule == "lift":
+        temperature = LIFT_TEMPERATURE if options.temperature is None else options.temperature
+        return SamplingOptions(temperature=temperature, seed=options.seed, free_answer=True,
+                               max_reason_tokens=options.max_reason_tokens or LIFT_MAX_NEW_TOKENS)
+    return SamplingOptions(temperature=options.temperature or 0.0, seed=options.seed, reason=options.rationale,
+                           max_reason_tokens=options.max_reason_tokens or DEFAULT_MAX_REASON_TOKENS)
 
 
 def _thumbnails(video: VideoFrames) -> list[str]:

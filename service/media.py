@@ -48,12 +48,26 @@ class VideoFrames:
 def sample_indices(total_frames: int, num_frames: int) -> list[int]:
     """LiFT's sampling: `np.linspace(0, total - 1, num, dtype=int)` (rounded down).
 
-    A video shorter than `num_frames` repeats frames: the critic always sees exactly `num_frames` images
-    (a 1-frame video gives the same frame N times), as the original does.
+    A video shorter than `num_frames` comes out with repeated frames (a 1-frame video: the same frame N times).
+    What a critic then sees is its family's rule: VILA takes each distinct frame once, as LiFT's loader did
+    (`distinct_frames`); Qwen2-VL's video input keeps the repeats (it needs an even frame count).
     """
     if total_frames < 1:
         raise InvalidVideo("video has no frames")
     return np.linspace(0, total_frames - 1, num_frames, dtype=int).tolist()
+
+
+def distinct_frames(video: VideoFrames) -> VideoFrames:
+    """The sampled frames with repeats dropped (first occurrence kept, in order): for a clip shorter than the
+    frames asked, the n frames it has. LiFT's loader (VILA-1.5's `opencv_extract_frames`, used by LiFT's
+    LiFT-Critic/test/run_critic_13b.py) reads every frame of a video shorter than the frames asked and puts one
+    `<image>` per frame read in the prompt."""
+    keep = sorted({index: k for k, index in reversed(list(enumerate(video.indices)))}.values())
+    if len(keep) == len(video.indices):
+        return video
+    return VideoFrames(frames=video.frames[keep], indices=[video.indices[k] for k in keep],
+                       total_frames=video.total_frames, fps=video.fps, duration_s=video.duration_s,
+                       codec=video.codec, extra=dict(video.extra))
 
 
 @dataclass(frozen=True)

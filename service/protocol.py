@@ -25,6 +25,20 @@ class ScoreOptions(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Seed for sampling; same seed, same answer.")
     max_reason_tokens: int | None = Field(None, ge=1, le=512, description="Upper bound on the rationale's tokens.")
     return_frames: bool = Field(False, description="Return small JPEG thumbnails of the sampled frames (base64).")
+    rationale: bool = Field(True, description="Generate each dimension's reason. false = reward-only: answered "
+                            "after the label round alone (labels, probabilities, scores and rewards are the same; "
+                            "`rationale` is null), what a training loop needs, several times faster.")
+    scoring: Literal["label", "lift"] | None = Field(
+        None, description="How each label is read. 'label' (the service's default unless LIFT_SCORING says "
+        "otherwise): the most probable label (sampled when temperature > 0), then a reason. 'lift': exactly as "
+        "LiFT's scripts did: the whole answer sampled at temperature 0.2 (unless given) with up to 512 tokens "
+        "(unless max_reason_tokens), then 'Normal' anywhere -> Normal, else 'Bad' anywhere -> Bad, else Good.")
+
+    @model_validator(mode="after")
+    def _lift_rule_reads_the_answer(self) -> "ScoreOptions":
+        if self.scoring == "lift" and not self.rationale:
+            raise ValueError("scoring 'lift' reads LiFT's label from the generated answer: it needs rationale true")
+        return self
 
 
 class VideoSource(BaseModel):
@@ -71,7 +85,7 @@ class DimensionScore(BaseModel):
     score: float = Field(..., description="LiFT's score of the label: Good 0.9, Normal 0.2, Bad 0.05.")
     expected_score: float = Field(..., description="Sum over labels of p(label) x score(label).")
     probabilities: LabelProbabilities
-    rationale: str
+    rationale: str | None = Field(..., description="The critic's reason; null when options.rationale was false.")
 
 
 class ScoreResponse(BaseModel):
@@ -80,6 +94,8 @@ class ScoreResponse(BaseModel):
     reward: float = Field(..., description="Mean of the three dimension scores (LiFT Eq. 2).")
     expected_reward: float = Field(..., description="Mean of the three expected scores.")
     num_frames: int
+    scoring: Literal["label", "lift"] = Field("label", description="The rule that read the labels (options.scoring).")
+    rationale: bool = Field(True, description="Whether reasons were generated (options.rationale); false: reward-only.")
     dimensions: dict[DimensionName, DimensionScore]
     timings_ms: dict[str, float] = Field(default_factory=dict)
     frames: list[str] | None = Field(None, description="base64 JPEG thumbnails, when options.return_frames.")

@@ -8,12 +8,25 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from service.errors import AnswerParseError
 
 LABELS: tuple[str, ...] = ("Good", "Normal", "Bad")
 LABEL_SCORES: dict[str, float] = {"Good": 0.9, "Normal": 0.2, "Bad": 0.05}
 DEFAULT_NUM_FRAMES = 8
+
+# How a dimension's label (and so its score) is read from the critic:
+# - "label" (ours, the default): the label the engine chose from the label tokens' probabilities (the most probable;
+#   drawn from p^(1/T) when sampling), followed by a generated reason: well defined, and what `probabilities` say.
+# - "lift": exactly as LiFT's scripts did (CodeGoat24/LiFT LiFT-Critic/test/run_critic_13b.py generates the whole
+#   answer freely, temperature 0.2, top_p None, max_new_tokens 512; CogVideo/process_reward_score.py `get_score`
+#   then reads it by substring): "Normal" anywhere -> Normal, else "Bad" anywhere -> Bad, else Good, also when
+#   the answer has no label at all.
+ScoringRule = Literal["label", "lift"]
+SCORING_RULES: tuple[str, ...] = ("label", "lift")
+LIFT_TEMPERATURE = 0.2
+LIFT_MAX_NEW_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -80,8 +93,9 @@ def parse_answer(text: str) -> ParsedAnswer:
     """`"<Good|Normal|Bad>. <reason>"` -> label and rationale.
 
     Tolerates what real critics emit: any case, surrounding whitespace or quotes, a missing period,
-    another label word later inside the reason (the leading one wins, unlike LiFT's substring test
-    which checks "Good" first anywhere). Falls back to the first label word anywhere.
+    another label word later inside the reason (the leading one wins; LiFT's own substring rule,
+    `lift_substring_label`, would take a "Normal" or "Bad" anywhere in the reason over a leading "Good").
+    Falls back to the first label word anywhere.
     """
     stripped = text.strip()
     m = _LEADING_LABEL_RE.match(stripped)
@@ -91,6 +105,16 @@ def parse_answer(text: str) -> ParsedAnswer:
     if m:
         return ParsedAnswer(m.group(1).capitalize(), stripped.strip())
     raise AnswerParseError(f"no label (Good/Normal/Bad) in critic answer {stripped[:80]!r}")
+
+
+def lift_substring_label(text: str) -> str:
+    """LiFT's scoring rule (CogVideo/process_reward_score.py, `get_score`), case-sensitive as there: "Normal"
+    anywhere in the answer -> Normal; else "Bad" anywhere -> Bad; else Good (also for an answer with no label)."""
+    if "Normal" in text:
+        return "Normal"
+    if "Bad" in text:
+        return "Bad"
+    return "Good"
 
 
 def format_answer(label: str, rationale: str) -> str:

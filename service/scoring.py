@@ -12,7 +12,7 @@ def expected_score(probabilities: Mapping[str, float]) -> float:
     return float(sum(probabilities[label] * LABEL_SCORES[label] for label in LABELS))
 
 
-def dimension_score(label: str, probabilities: Mapping[str, float], rationale: str) -> DimensionScore:
+def dimension_score(label: str, probabilities: Mapping[str, float], rationale: str | None) -> DimensionScore:
     return DimensionScore(
         label=label,
         score=LABEL_SCORES[label],

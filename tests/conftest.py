@@ -7,8 +7,12 @@ The vLLM critic lives in a background thread's event loop (`critic_runtime`) so 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,8 +23,63 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every engine process this session starts (in-process, or under a server or command it runs) carries this
+# session's mark in its title (vLLM titles them f"{VLLM_PROCESS_NAME_PREFIX}::EngineCore"), so that the leak
+# check below finds this session's engines and no one else's on a shared machine, even after reparenting.
+ENGINE_TITLE_PREFIX = f"VLLM-test{os.getpid()}"
+os.environ["VLLM_PROCESS_NAME_PREFIX"] = ENGINE_TITLE_PREFIX
+LEAK_GRACE_S = 15.0  # the lifeline takes an orphaned engine down in about a second; a leak outlives this
 
 T = TypeVar("T")
+pytest_plugins = ["pytester"]  # tests/unit/test_leak_check.py runs the leak check on a test that leaks
+
+
+def _ours(title: str) -> bool:
+    return title.startswith(ENGINE_TITLE_PREFIX + "::")
+
+
+def _orphaned_engines(before: set[int]) -> list[Any]:
+    """Engine processes of this session, new since `before`, no longer in this pytest process's tree: their
+    owner died (or was killed) and they live on."""
+    from service.engines.lifeline import engine_processes, is_descendant
+
+    return [p for p in engine_processes()
+            if p.pid not in before and _ours(p.title) and not is_descendant(p.pid, os.getpid())]
+
+
+@pytest.fixture(autouse=True)
+def no_engine_left_behind() -> Iterator[None]:
+    """Fails the test after which an engine process of ours outlives its owner (waiting LEAK_GRACE_S for the
+    lifeline to act), and kills the strays so that later tests start on a clean machine."""
+    from service.engines.lifeline import engine_processes
+
+    before = {p.pid for p in engine_processes()}
+    yield
+    deadline = time.monotonic() + LEAK_GRACE_S
+    while (stray := _orphaned_engines(before)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if stray:
+        for p in stray:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+        pytest.fail(f"engine processes outlived their owner by {LEAK_GRACE_S:.0f}s: "
+                    f"{', '.join(p.describe() for p in stray)} (killed now)", pytrace=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After every fixture is torn down, no engine of this session may still run, in our tree or out of it."""
+    from service.engines.lifeline import engine_processes
+
+    deadline = time.monotonic() + LEAK_GRACE_S
+    while (left := [p for p in engine_processes() if _ours(p.title)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if left:
+        for p in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+        print(f"\nlift tests: engine processes still running at the end of the session (killed now): "
+              f"{', '.join(p.describe() for p in left)}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

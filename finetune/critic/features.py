@@ -26,13 +26,17 @@ _MEDIA_KEYS = ("pixel_values_videos", "video_grid_thw", "pixel_values", "image_g
 
 def answer_token_ids(family: Any, label: str, reason: str) -> list[int]:
     """Token ids of "<Label>. <reason><end of turn>" split the way both engines produce them: the label's
-    own ids (how labels are scored), then the family's separator (". ", which the engines force) tokenized
-    on its own, then the reason (generated after it), then the end of turn so the critic learns to stop."""
+    own ids (how labels are scored), then its "." (which the engines force, family.reason_prefix_ids), then the
+    reason with its leading space as the text "<Label>. <reason>" tokenizes it (the engines generate it after
+    the "."), then the end of turn so the critic learns to stop."""
+    from service.families.base import tokens_after
+
     tokenizer = family.tokenizer
     ids = list(family.label_token_ids()[label])
-    ids += tokenizer(family.reason_prefix_text(), add_special_tokens=False).input_ids
+    ids += family.reason_prefix_ids(label)
     if reason:
-        ids += tokenizer(reason, add_special_tokens=False).input_ids
+        tail = tokens_after(tokenizer, f"{label}.", f" {reason}", add_special_tokens=False)
+        ids += tail if tail is not None else tokenizer(f" {reason}", add_special_tokens=False).input_ids
     eos = tokenizer.eos_token_id
     if eos is not None:
         ids.append(int(eos))

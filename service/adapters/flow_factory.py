@@ -89,7 +89,7 @@ class FlowFactoryAdapter:
         prompts, videos, selection, fps = self._parse(data)
         if not self.service.ready:
             raise self.service.readiness_error()
-        options = ScoreOptions()
+        options = ScoreOptions(rationale=self.service.settings.adapter_rationale)  # reward-only unless asked
         cap = self.service.settings.max_frames_bytes
 
         async def decode(i: int, frames: list[str]) -> Any:

@@ -38,6 +38,8 @@ class ServiceMetrics:
             "lift_dimension_score", "Per-dimension label score.", ["dimension"], buckets=_SCORE_BUCKETS, registry=r
         )
         self.reward = Histogram("lift_reward", "Reward per scored video (LiFT Eq. 2).", buckets=_SCORE_BUCKETS, registry=r)
+        self.scored = Counter("lift_scored_videos", "Videos scored, by kind: with reasons or reward-only, and the "
+                              "scoring rule.", ["rationale", "scoring"], registry=r)
         self.parse_failures = Counter("lift_parse_failures", "Critic answers that did not parse.", registry=r)
         self.engine_ready = Gauge("lift_engine_ready", "1 when the engine is loaded and serving.", registry=r)
         self.rejected = Counter("lift_rejected_requests", "Requests or batch items answered with an error.", ["reason"], registry=r)
@@ -59,6 +61,7 @@ class ServiceMetrics:
         for name, dim in response.dimensions.items():
             self.dimension_score.labels(dimension=name).observe(dim.score)
         self.reward.observe(response.reward)
+        self.scored.labels(rationale=str(response.rationale).lower(), scoring=response.scoring).inc()
         t = response.timings_ms
         decode = _first(t, ("decode", "decode_ms"))
         engine = _first(t, ("engine", "engine_ms", "generate", "generate_ms"))

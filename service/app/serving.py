@@ -326,6 +326,8 @@ class ScoringService:
         raise EngineDead(self.engine_dead or "the engine died")
 
     async def _admit_and_score(self, video: bytes | Path | VideoFrames, prompt: str, options: ScoreOptions) -> ScoreResponse:
+        if options.scoring is None:  # the deployment's rule (LIFT_SCORING) unless the request names one
+            options = options.model_copy(update={"scoring": self.settings.scoring})
         queued_at = time.perf_counter()
         async with self.admission.engine_slot():
             queue_ms = (time.perf_counter() - queued_at) * 1000

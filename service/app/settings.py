@@ -44,6 +44,9 @@ class ServiceSettings(BaseSettings):
         "meaning). Unset: vLLM's default on GPU; on CPU the KV cache is sized for the critic's work.")
     kv_cache_gb: float | None = Field(
         None, gt=0, description="KV cache size in GiB, overriding both the work-based size and the fraction.")
+    enforce_eager: bool | None = Field(
+        None, description="Run the model eagerly (true) or compiled with torch.compile / graphs (false). Unset: "
+        "eager on CPU, compiled on GPU (see benchmarks/README.md for the CPU measurement).")
 
     media_root: Path | None = Field(None, description="Server folder `video.path` may read from; unset = paths off.")
     max_video_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest video accepted (upload, base64, URL, path).")
@@ -67,6 +70,8 @@ class ServiceSettings(BaseSettings):
         "(/api/reward/enqueue, /api/reward/pull), unirl (/score, /rewards, /health); comma-separated.")
     adapter_reward: str = Field("reward", description="The number adapters return: reward, expected_reward, a "
                                 "dimension (its expected_score), DIM.score, or a weighted sum 'a=0.5,b=0.5'.")
+    adapter_rationale: bool = Field(False, description="Adapters generate reasons too; default false: reward-only "
+                                    "(a trainer reads the number alone; the label round is the whole score).")
     latent_vae: Path | None = Field(None, description="diffusers AutoencoderKLWan folder that decodes "
                                     "media_type=latent (Cosmos-RL); unset = latents refused.")
     redis_url: SecretStr | None = Field(None, description="Redis for the async job store and the idempotency store, "
@@ -83,6 +88,10 @@ class ServiceSettings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description="Bearer keys for /v1/*; empty = auth off.")
     auth_ops_routes: bool = Field(False, description="Also require a key for /health, /ready, /metrics.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    scoring: Literal["label", "lift"] = Field(
+        "label", description="How labels are read when a request does not say (options.scoring): 'label' = the "
+        "most probable label, then a reason (default); 'lift' = as LiFT's scripts did (the whole answer sampled at "
+        "T=0.2, then 'Normal' anywhere -> Normal, else 'Bad' anywhere -> Bad, else Good).")
 
     @field_validator("url_allowlist", "api_keys", "adapters", mode="before")
     @classmethod
@@ -127,7 +136,8 @@ class ServiceSettings(BaseSettings):
             return {"dtype": "float32" if self.dtype == "auto" else self.dtype}
         return {"dtype": self.dtype, "tensor_parallel_size": self.tensor_parallel_size,
                 "max_model_len": self.max_model_len, "max_num_seqs": self.max_num_seqs,
-                "gpu_memory_utilization": self.gpu_memory_utilization, "kv_cache_gb": self.kv_cache_gb}
+                "gpu_memory_utilization": self.gpu_memory_utilization, "kv_cache_gb": self.kv_cache_gb,
+                "enforce_eager": self.enforce_eager}
 
     def public_view(self) -> dict[str, Any]:
         """What may be printed or logged: everything but the keys themselves."""

@@ -28,6 +28,11 @@ class SamplingOptions:
     temperature: float = 0.0  # 0 = greedy
     seed: int | None = None
     max_reason_tokens: int = DEFAULT_MAX_REASON_TOKENS
+    # True: the whole answer is generated freely after the prompt (LiFT's own decoding, for its substring rule);
+    # False: the chosen label and ". " are forced, then the reason is generated (every answer parses).
+    free_answer: bool = False
+    # False: reward-only, the label round alone (no answer text is generated; DimensionAnswer.text is the label)
+    reason: bool = True
 
 
 @dataclass(frozen=True)

@@ -83,27 +83,36 @@ class TransformersEngine:
                 logprobs[prefix] = {t: float(lp[t]) for t in next_tokens}
             probabilities = sequence_probabilities(self._label_ids, logprobs)
             label = select_label(probabilities, query.sampling, dimension)
-            reason = self._reason(inputs, self._label_ids[label], query.sampling)
+            if not query.sampling.reason:  # reward-only: the label round is the whole score
+                text = label
+            elif query.sampling.free_answer:  # LiFT's decoding: the whole answer from the prompt on
+                text = self._generate(inputs, [], query.sampling, min_new_tokens=0).strip()
+            else:
+                reason = clean_reason(self._reason(inputs, label, query.sampling))
+                text = f"{label}. {reason}".rstrip()
         return DimensionAnswer(dimension=dimension, label=label, probabilities=probabilities,
-                               text=f"{label}. {reason}".rstrip(), prompt_tokens=int(inputs["input_ids"].shape[1]))
+                               text=text, prompt_tokens=int(inputs["input_ids"].shape[1]))
 
-    def _reason(self, inputs: dict[str, Any], label_ids: list[int], sampling: SamplingOptions) -> str:
+    def _reason(self, inputs: dict[str, Any], label: str, sampling: SamplingOptions) -> str:
+        # The label and its "." forced (the vLLM engine appends the same tokens), then free generation of the
+        # reason; min 1 new token: a reason is never empty (both engines)
+        forced = self._label_ids[label] + self.family.reason_prefix_ids(label)
+        return self._generate(inputs, forced, sampling, min_new_tokens=1)
+
+    def _generate(self, inputs: dict[str, Any], forced: list[int], sampling: SamplingOptions, *,
+                  min_new_tokens: int) -> str:
         import torch
 
-        prefix_text = self.family.reason_prefix_text()
         tokenizer = getattr(self.family, "tokenizer")
-        # Forced ". " (the vLLM engine appends the same tokens), then free generation of the reason.
-        forced = label_ids + tokenizer(prefix_text, add_special_tokens=False).input_ids
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         extended = _extend(inputs, forced)
-        # min 1 new token: a reason is never empty (both engines)
-        out = self.model.generate(**extended, max_new_tokens=sampling.max_reason_tokens, min_new_tokens=1,
+        out = self.model.generate(**extended, max_new_tokens=sampling.max_reason_tokens, min_new_tokens=min_new_tokens,
                                   do_sample=sampling.temperature > 0,
                                   temperature=sampling.temperature if sampling.temperature > 0 else None,
                                   top_p=None, top_k=None)
         new = out[0, extended["input_ids"].shape[1]:]
-        return clean_reason(tokenizer.decode(new, skip_special_tokens=True))
+        return tokenizer.decode(new, skip_special_tokens=True)
 
 
 def _extend(inputs: dict[str, Any], suffix: list[int]) -> dict[str, Any]:

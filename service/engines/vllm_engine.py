@@ -5,8 +5,8 @@ dimension's concurrently:
 1. label scoring: for each question, one 1-token request per distinct label prefix asking for the
    unconstrained log-probs of exactly the label tokens (`logprob_token_ids`), so a label the tokenizer splits
    into several tokens is scored as its whole sequence;
-2. the answer: the chosen label and `. ` are appended to the prompt (as the transformers engine does) and the
-   reason is generated over printable tokens only (a static mask: `allowed_token_ids`), at least one token, at
+2. the answer: the chosen label and its `.` (tokenized as in the answer's text, family.reason_prefix_ids) are
+   appended to the prompt (as the transformers engine does) and the reason is generated over printable tokens only (a static mask: `allowed_token_ids`), at least one token, at
    most max_reason_tokens: every answer is `<Label>. <reason>`. (The grammar that forced the same format cost
    ~30 % of this round on CPU.)
 The frames are decoded once; all requests about one video share its prefix (system + frames + caption), which
@@ -31,6 +31,7 @@ from service.engines.base import (
     clean_reason,
     select_label,
 )
+from service.engines.lifeline import mark_engine_owner
 from service.engines.memory import KVCachePlan, plan_kv_cache
 from service.errors import EngineDead, EngineError, EngineNotReady, EngineStartError
 from service.families.base import CriticFamily, PromptInputs, label_prefixes, sequence_probabilities
@@ -89,7 +90,7 @@ class VLLMEngine:
         self._engine: Any = None
         self._label_ids: dict[str, list[int]] = {}
         self._prefixes: dict[tuple[int, ...], set[int]] = {}
-        self._reason_prefix_ids: list[int] = []
+        self._reason_prefix_ids: dict[str, list[int]] = {}
         self._reason_token_ids: list[int] = []
 
     @property
@@ -121,7 +122,7 @@ class VLLMEngine:
         self._label_ids = self.family.label_token_ids()
         self._prefixes = label_prefixes(self._label_ids)
         tokenizer = self.family.tokenizer  # type: ignore[attr-defined]
-        self._reason_prefix_ids = list(tokenizer(self.family.reason_prefix_text(), add_special_tokens=False).input_ids)
+        self._reason_prefix_ids = {label: self.family.reason_prefix_ids(label) for label in self._label_ids}
         self._reason_token_ids = printable_token_ids(tokenizer)
         self.memory_plan = plan_kv_cache(
             self.model_dir, on_cpu=_is_cpu(), max_model_len=self._args["max_model_len"],
@@ -130,6 +131,7 @@ class VLLMEngine:
         log.info("vLLM engine memory: %s", self.memory_plan.detail,
                  extra={"fields": {"kv_cache_bytes": self.memory_plan.kv_cache_bytes, "source": self.memory_plan.source}})
         args = AsyncEngineArgs(**{**self.memory_plan.engine_args(), **self._args})  # extra_engine_args win
+        mark_engine_owner()  # the engine's processes die with this one, however it ends (lifeline.py)
         # engine construction blocks for tens of seconds (weights, KV cache, worker start): keep the loop free
         try:
             self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
@@ -185,14 +187,26 @@ class VLLMEngine:
         probabilities = sequence_probabilities(self._label_ids, logprobs)
         label = select_label(probabilities, sampling, dimension)
 
-        out = await self._run(prompt, self._label_ids[label] + self._reason_prefix_ids, SamplingParams(
-            max_tokens=sampling.max_reason_tokens, min_tokens=1, temperature=sampling.temperature, seed=sampling.seed,
-            allowed_token_ids=self._reason_token_ids))
-        reason = clean_reason(out.outputs[0].text)
+        if not sampling.reason:  # reward-only: the label round is the whole score
+            cached = [o.num_cached_tokens or 0 for o in outs]
+            return DimensionAnswer(
+                dimension=dimension, label=label, probabilities=probabilities, text=label,
+                prompt_tokens=len(outs[0].prompt_token_ids or []), cached_tokens=cached[0],
+                extra={"cached_tokens_all": cached, "prompt_tokens_all": [len(o.prompt_token_ids or []) for o in outs],
+                       "label_requests": len(prefixes)})
+        if sampling.free_answer:  # LiFT's decoding: the whole answer from the prompt on, nothing forced
+            out = await self._run(prompt, [], SamplingParams(
+                max_tokens=sampling.max_reason_tokens, temperature=sampling.temperature, seed=sampling.seed))
+            text = out.outputs[0].text.strip()
+        else:
+            out = await self._run(prompt, self._label_ids[label] + self._reason_prefix_ids[label], SamplingParams(
+                max_tokens=sampling.max_reason_tokens, min_tokens=1, temperature=sampling.temperature,
+                seed=sampling.seed, allowed_token_ids=self._reason_token_ids))
+            text = f"{label}. {clean_reason(out.outputs[0].text)}".rstrip()
         cached = [o.num_cached_tokens or 0 for o in outs] + [out.num_cached_tokens or 0]
         prompt_lengths = [len(o.prompt_token_ids or []) for o in [*outs, out]]
         return DimensionAnswer(
-            dimension=dimension, label=label, probabilities=probabilities, text=f"{label}. {reason}".rstrip(),
+            dimension=dimension, label=label, probabilities=probabilities, text=text,
             prompt_tokens=len(out.prompt_token_ids or []), cached_tokens=cached[0],
             extra={"cached_tokens_all": cached, "prompt_tokens_all": prompt_lengths, "label_requests": len(prefixes)},
         )

@@ -37,9 +37,25 @@ class CriticFamily(Protocol):
         """Each label's token ids as they follow the assistant turn start (several when the tokenizer splits it)."""
         ...
 
-    def reason_prefix_text(self) -> str:
-        """What follows the label in LiFT's answer format before the reason ('. ')."""
+    def reason_prefix_ids(self, label: str) -> list[int]:
+        """The tokens of the '.' that follows `label` in LiFT's answer "<Label>. <reason>", tokenized in the
+        answer's context (SentencePiece splits a lone "." or ". " differently than after "▁Good"); the reason's
+        own leading space is the model's first generated token, as in the text it was trained on."""
         ...
+
+    def critic_frames(self, video: VideoFrames) -> VideoFrames:
+        """The frames the critic is shown of a sampled video (a short clip's rule differs by family)."""
+        ...
+
+
+def tokens_after(tokenizer: Any, context: str, tail: str, *, add_special_tokens: bool = True) -> list[int] | None:
+    """The ids `tail` adds after `context` when the two are tokenized together, or None when tokenizing them
+    together changes the context's own ids (a merge across the boundary)."""
+    base = list(tokenizer(context, add_special_tokens=add_special_tokens).input_ids)
+    full = list(tokenizer(context + tail, add_special_tokens=add_special_tokens).input_ids)
+    if full[:len(base)] == base and len(full) > len(base):
+        return full[len(base):]
+    return None
 
 
 def label_prefixes(label_ids: dict[str, list[int]]) -> dict[tuple[int, ...], set[int]]:

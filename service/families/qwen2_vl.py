@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from service.families.base import PromptInputs
+from service.families.base import PromptInputs, tokens_after
 from service.media import VideoFrames
 from service.rubric import LABELS, user_text
 
@@ -33,6 +33,11 @@ class Qwen2VLFamily:
         messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": user_text(caption, dimension)}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
+    def critic_frames(self, video: VideoFrames) -> VideoFrames:
+        """All sampled frames, repeats of a short clip included: Qwen2-VL's video input merges frames in pairs
+        (temporal patch 2), so the count stays the even N asked rather than a short clip's own (odd) length."""
+        return video
+
     def vllm_prompt(self, caption: str, dimension: str, video: VideoFrames) -> PromptInputs:
         ids = self.tokenizer(self.chat_text(caption, dimension), add_special_tokens=False).input_ids
         # frames are already sampled: tell the processor not to sample again (Qwen2.5-VL needs the metadata)
@@ -47,5 +52,6 @@ class Qwen2VLFamily:
     def label_token_ids(self) -> dict[str, list[int]]:
         return {label: self.tokenizer(label, add_special_tokens=False).input_ids for label in LABELS}
 
-    def reason_prefix_text(self) -> str:
-        return ". "
+    def reason_prefix_ids(self, label: str) -> list[int]:
+        ids = tokens_after(self.tokenizer, label, ".", add_special_tokens=False)
+        return ids if ids is not None else list(self.tokenizer(".", add_special_tokens=False).input_ids)

@@ -372,3 +372,17 @@ def test_cosmos_rl_own_client_drives_our_server(cosmos_server: str, clips: np.nd
     info = pull(cosmos_server, out["uuid"]).json()["input_info"]
     assert info["media_type"] == "latent" and info["dtype"] == "float16" and info["shape"][:2] == [2, 16]
     assert info["video_infos"] == [{"video_fps": 16.0}, {"video_fps": 16.0}]  # fps of the first payload, as theirs
+
+
+def test_cosmos_asks_for_reward_only_by_default(cosmos_server: str, clips: np.ndarray) -> None:
+    import re
+
+    def reward_only_count() -> float:
+        text = httpx.get(f"{cosmos_server}/metrics", timeout=10).text
+        m = re.search(r'^lift_scored_videos_total\{rationale="false",scoring="label"\} (\S+)$', text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    before = reward_only_count()
+    r = enqueue(cosmos_server, body([f"{p}, reward-only" for p in PROMPTS], clips))  # not a repeat of an earlier job
+    assert wait_pull(cosmos_server, r.json()["uuid"]).status_code == 200
+    assert reward_only_count() - before == 2

@@ -40,3 +40,24 @@ def test_vllm_matches_transformers_on_ten_videos(critic_runtime, reference_criti
         assert fast.expected_reward == pytest.approx(ref.expected_reward, abs=PROB_TOL)
     assert worst < PROB_TOL, worst
     print(f"max |p_vllm - p_transformers| over 10 videos x 3 dimensions = {worst:.2e}")
+
+
+@pytest.mark.parametrize("engine", ["vllm", "transformers"])
+def test_lift_scoring_rule_reads_the_free_answer_by_substring(critic_runtime, reference_critic, sample_videos, engine):
+    """options.scoring='lift': the whole answer is generated freely (LiFT's decoding), the label is LiFT's
+    substring reading of it, the probabilities are the same as with our rule, and a seed repeats the answer."""
+    from service.rubric import lift_substring_label
+
+    critic = critic_runtime.critic if engine == "vllm" else reference_critic
+    video = sample_videos["h264_mp4"]
+    lift = ScoreOptions(scoring="lift", max_reason_tokens=12, seed=7)
+    ours = critic_runtime.run(critic.score(video, "a red square", ScoreOptions(max_reason_tokens=2)))
+    first = critic_runtime.run(critic.score(video, "a red square", lift))
+    again = critic_runtime.run(critic.score(video, "a red square", lift))
+    assert first.scoring == "lift" and ours.scoring == "label"
+    for name, dim in first.dimensions.items():
+        assert dim.label == lift_substring_label(dim.rationale)
+        assert dim.score == {"Good": 0.9, "Normal": 0.2, "Bad": 0.05}[dim.label]
+        assert dim.probabilities == ours.dimensions[name].probabilities  # the label round is the same
+        assert dim.rationale == again.dimensions[name].rationale  # seeded sampling at T = 0.2 repeats
+    assert first.reward == pytest.approx(sum(d.score for d in first.dimensions.values()) / 3)

@@ -368,8 +368,8 @@ def test_request_shapes_per_video_kind(replicas: list[Scripted], video: Path) ->
     assert s[3]["json"]["video"] == {"url": "https://example.org/v.mp4"}
     assert s[4]["json"]["video"] == {"path": "clips/v.mp4"}
     assert s[5]["ctype"] == "multipart/form-data"
-    assert json.loads(s[5]["options"]) == {"num_frames": 4, "seed": 1, "return_frames": False}
-    assert s[6]["json"]["options"] == {"temperature": 0.5, "return_frames": False}
+    assert json.loads(s[5]["options"]) == {"num_frames": 4, "seed": 1, "return_frames": False, "rationale": True}
+    assert s[6]["json"]["options"] == {"temperature": 0.5, "return_frames": False, "rationale": True}
 
 
 def test_bad_arguments_fail_before_any_request(replicas: list[Scripted], tmp_path: Path) -> None:

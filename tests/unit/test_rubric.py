@@ -81,3 +81,18 @@ def test_reward_is_mean_of_scores_and_expected_reward_uses_probabilities():
     assert er == pytest.approx((0.9 + 2 * expected_score(p_mixed)) / 3)
     with pytest.raises(ValueError):
         reward({"semantic_consistency": dims["semantic_consistency"]})
+
+
+@pytest.mark.parametrize("answer, label", [
+    ("Good. The video matches, although the light is Normal.", "Normal"),  # Normal anywhere wins
+    ("Good. The dog's legs look Bad in frame 3.", "Bad"),                    # else Bad anywhere
+    ("Bad. Not Normal at all.", "Normal"),                                   # Normal before Bad, as LiFT checks
+    ("Good. Smooth and consistent.", "Good"),
+    ("The video shows a cat on a sofa.", "Good"),                            # no label at all -> Good (0.9)
+    ("", "Good"),
+    ("bad motion, normal colours", "Good"),                                  # case-sensitive, as LiFT's `in`
+])
+def test_lift_substring_rule_is_lifts_get_score(answer, label):
+    from service.rubric import lift_substring_label
+
+    assert lift_substring_label(answer) == label

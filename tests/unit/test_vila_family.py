@@ -186,3 +186,37 @@ def test_sentencepiece_llama_tokenizer_release(vila_dirs: tuple[Path, Path], fam
     assert tok.convert_ids_to_tokens(newline) == ["▁", "<0x0A>"]
     starts = [i for i, t in enumerate(ids) if t == family.image_token_id]
     assert len(starts) == 8 and all(ids[i + 1:i + 3] == newline for i in starts[:-1])
+
+
+@pytest.mark.parametrize("clip_frames, shown", [(1, 1), (3, 3), (7, 7), (8, 8), (20, 8)])
+def test_short_clip_gets_one_image_per_frame_it_has_as_lift_did(family, clip_frames, shown) -> None:
+    """LiFT's loader reads every frame of a clip shorter than 8 and puts one <image> per frame in the prompt;
+    longer clips are sampled to 8 by linspace."""
+    import numpy as np
+
+    from service.media import frames_from_array
+
+    rng = np.random.default_rng(clip_frames)
+    clip = frames_from_array(rng.integers(0, 255, (clip_frames, 32, 32, 3), dtype=np.uint8), 8)
+    assert clip.num_frames == 8  # sampled with repeats, as decoded
+    p = family.vllm_prompt("a red car", "motion_smoothness", clip)
+    assert p.token_ids.count(family.image_token_id) == shown and len(p.vllm_mm_data["image"]) == shown
+    hf = family.hf_prompt("a red car", "motion_smoothness", clip)
+    assert hf["input_ids"][0].tolist().count(family.image_token_id) == shown * family.tokens_per_image
+    assert hf["pixel_values"].shape[0] == shown
+    seen = family.critic_frames(clip)
+    assert seen.indices == sorted(set(clip.indices)) and np.array_equal(seen.frames[0], clip.frames[0])
+
+
+def test_reason_continues_the_label_as_in_vilas_answer_text(family) -> None:
+    """After the label the engines force its '.', tokenized as in "ASSISTANT: Good. The ..." (VILA's training
+    text): with SentencePiece a lone '. ' would be other pieces than the ones after '▁Good'."""
+    tok = family.tokenizer
+    base = tok(family.template.tail).input_ids
+    for label, ids in family.label_token_ids().items():
+        answer = tok(family.template.tail + family.template.answer_lead + label + ". The video is fine").input_ids
+        assert answer[:len(base)] == base
+        answer = answer[len(base):]
+        forced = ids + family.reason_prefix_ids(label)
+        assert answer[:len(forced)] == forced, (label, tok.convert_ids_to_tokens(answer[:len(forced) + 1]))
+        assert tok.convert_ids_to_tokens(answer[len(forced)]).startswith("▁")  # the reason's space is generated

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import ModelLoadError
-from service.families.base import PromptInputs
+from service.families.base import PromptInputs, tokens_after
 from service.families.vila import (CHAT_TEMPLATE_KEY, IMAGE_TOKEN, is_converted, is_original_layout,
                                    read_config, vision_grid)
 from service.families.vila.prompt import chat_template, lift_query, tokenize_with_images
-from service.media import VideoFrames
+from service.media import VideoFrames, distinct_frames
 from service.rubric import LABELS
 
 
@@ -69,13 +69,20 @@ class VilaFamily:
         text = self.template.render(lift_query(caption, dimension, num_frames))
         return tokenize_with_images(text, self.tokenizer, self.image_token_id)
 
+    def critic_frames(self, video: VideoFrames) -> VideoFrames:
+        """A clip shorter than the frames asked: the n frames it has, one `<image>` each, as LiFT's loader gave
+        them (not repeats)."""
+        return distinct_frames(video)
+
     def vllm_prompt(self, caption: str, dimension: str, video: VideoFrames) -> PromptInputs:
+        video = self.critic_frames(video)
         return PromptInputs(token_ids=self.prompt_ids(caption, dimension, video.num_frames),
                             vllm_mm_data={"image": frames_to_images(video)})
 
     def hf_prompt(self, caption: str, dimension: str, video: VideoFrames) -> dict[str, Any]:
         import torch
 
+        video = self.critic_frames(video)
         ids: list[int] = []
         for t in self.prompt_ids(caption, dimension, video.num_frames):
             ids.extend([t] * self.tokens_per_image if t == self.image_token_id else [t])
@@ -97,8 +104,14 @@ class VilaFamily:
                 out[label] = list(self.tokenizer(self.template.answer_lead + label, add_special_tokens=False).input_ids)
         return out
 
-    def reason_prefix_text(self) -> str:
-        return ". "
+    def reason_prefix_ids(self, label: str) -> list[int]:
+        """In context: vicuna_v1's "▁Good" is followed by "." (one piece), where "." tokenized alone would be
+        "▁." (or "▁", "."): VILA's training text "Good. The ..." continues with "▁The"."""
+        ctx = self.template.tail + self.template.answer_lead + label
+        ids = tokens_after(self.tokenizer, ctx, ".")
+        if ids is None:
+            raise ModelLoadError(f"{self.model_dir}: the '.' after {label!r} merges with the label in this tokenizer")
+        return ids
 
     def mm_limits(self, max_num_frames: int) -> dict[str, int]:
         return {"image": max_num_frames}
