@@ -251,7 +251,8 @@ request_id aside); an ok line beats an error line; two different ok results are 
 all reported and, by default, nothing is written (exit 3): an ambiguous labels file should not reach
 training. --on-conflict first|last keeps the line of the first|last PART given instead.
 --manifest reports the manifest's ids that no part has. A torn last line (a shard killed and not resumed)
-is skipped and reported. Error lines are kept, as lift label keeps them.
+is skipped and reported. Error lines are kept, as lift label keeps them. Lines labeled by different critics
+or rubrics (their provenance digests) are refused (exit 2) unless --allow-mixed-provenance.
 
 stdout: one JSON report (ids, ok, errors, missing, duplicates, conflicts with examples, parts); the
 problems, one line each, go to stderr.""",
@@ -267,6 +268,9 @@ problems, one line each, go to stderr.""",
                         "or keep the first / last part's line")
     p.add_argument("--tolerance", type=float, default=1e-6,
                    help="numbers closer than this are equal when comparing two lines of one id (default 1e-6)")
+    p.add_argument("--allow-mixed-provenance", action="store_true",
+                   help="merge lines labeled by different critics or rubrics (refused by default: their labels "
+                        "are not comparable); the report lists each")
     p.set_defaults(func=label_merge_command)
 
 
@@ -276,7 +280,7 @@ def label_merge_command(args: argparse.Namespace) -> int:
     if not args.tolerance >= 0:
         raise InvalidRequest("--tolerance must be >= 0")
     report = merge(args.parts, args.out, manifest=args.manifest, on_conflict=args.on_conflict,
-                   tolerance=args.tolerance)
+                   tolerance=args.tolerance, allow_mixed_provenance=args.allow_mixed_provenance)
     for line in report.problems():
         print(f"lift label merge: {line}", file=sys.stderr)
     print(f"lift label merge: {report.ids} ids from {len(args.parts)} parts"

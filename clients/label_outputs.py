@@ -23,6 +23,17 @@ from .journal import ERROR, OK, iter_records
 
 DIMENSIONS: tuple[str, ...] = get_args(DimensionName)
 LABELS = ("Good", "Normal", "Bad")
+# The provenance object's leaves as Parquet columns (service.protocol.Provenance): name, type.
+PROVENANCE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("provenance.critic.name", "str"), ("provenance.critic.family", "str"), ("provenance.critic.digest", "str"),
+    ("provenance.rubric.digest", "str"),
+    ("provenance.frames.count", "int"), ("provenance.frames.rule", "str"), ("provenance.frames.short_clip", "str"),
+    ("provenance.engine.name", "str"), ("provenance.engine.dtype", "str"),
+    ("provenance.sampling.temperature", "float"), ("provenance.sampling.seed", "int"),
+    ("provenance.sampling.max_tokens", "int"), ("provenance.sampling.scoring", "str"),
+    ("provenance.sampling.rationale", "bool"),
+    ("provenance.server.name", "str"), ("provenance.server.version", "str"),
+)
 
 
 def ok_record(item_id: str, video: str, prompt: str, resp: ScoreResponse) -> dict[str, Any]:
@@ -38,6 +49,7 @@ def ok_record(item_id: str, video: str, prompt: str, resp: ScoreResponse) -> dic
         "num_frames": resp.num_frames,
         "scoring": resp.scoring,
         "request_id": resp.id,
+        "provenance": resp.provenance.model_dump(mode="json") if resp.provenance is not None else None,
     }
 
 
@@ -67,6 +79,13 @@ class Summary:
     expected_scores: dict[str, list[float]] = field(default_factory=lambda: {d: [] for d in DIMENSIONS})
     # with rule_agreement: per dimension, the answers whose label the other scoring rule reads differently
     rule_disagreements: dict[str, int] | None = None
+    # the ok records' provenances, each distinct one (JSON text) -> its records; more than one: a mixed file
+    provenances: Counter = field(default_factory=Counter)
+
+    def provenance_list(self) -> list[dict[str, Any]]:
+        """Each distinct provenance of the ok records with its count, the most common first (records labeled
+        before provenance existed: `provenance` null)."""
+        return [{"records": n, "provenance": json.loads(text)} for text, n in self.provenances.most_common()]
 
     @property
     def mean_reward(self) -> float:
@@ -87,6 +106,7 @@ class Summary:
             "mean_expected_reward": None if not self.ok else self.mean_expected_reward,
             "labels": {d: {lab: self.labels[d][lab] for lab in LABELS} for d in DIMENSIONS},
             **({"rule_disagreements": dict(self.rule_disagreements)} if self.rule_disagreements is not None else {}),
+            "provenance": self.provenance_list(),
         }
 
     def format(self) -> str:
@@ -108,11 +128,27 @@ class Summary:
                 lines.append(
                     f"{d:<{width}}  {c['Good']:>6} {c['Normal']:>6} {c['Bad']:>6}  {self.dim_score_sum[d] / self.ok:.4f}"
                 )
+        for entry in self.provenance_list()[:5]:
+            lines.append(_provenance_line(entry["provenance"], entry["records"], len(self.provenances) > 1))
         if self.rule_disagreements is not None and self.ok:
             n = sum(self.rule_disagreements.values())
             lines.append(f"scoring rules (label vs LiFT's substring rule) disagree on {n} of {self.ok * len(DIMENSIONS)} "
                          "answers: " + ", ".join(f"{d} {self.rule_disagreements[d]}" for d in DIMENSIONS))
         return "\n".join(lines)
+
+
+def _provenance_line(p: dict[str, Any] | None, records: int, mixed: bool) -> str:
+    head = f"{records} records: " if mixed else ""
+    if not p:
+        return f"provenance: {head}none recorded (labeled by an older server)"
+    c, s = p["critic"], p["sampling"]
+    return (f"provenance: {head}critic {c['name']} ({c['family']}, {_short(c.get('digest'))}), rubric "
+            f"{_short(p['rubric']['digest'])}, {p['engine']['name']} {p['engine']['dtype']}, {p['frames']['count']} "
+            f"frames, temperature {s['temperature']:g}, scoring {s['scoring']}, lift-reward {p['server']['version']}")
+
+
+def _short(digest: str | None) -> str:
+    return "no digest" if not digest else digest[:len("sha256:") + 12]
 
 
 def other_rule_label(dim: dict[str, Any], scoring: str) -> str:
@@ -138,6 +174,7 @@ def summarize(journal_path: Path, ids: Iterable[str], *, rule_agreement: bool = 
         seen.add(ident)
         if rec["status"] == OK:
             s.ok += 1
+            s.provenances[json.dumps(rec.get("provenance"), sort_keys=True)] += 1
             s.reward_sum += rec["reward"]
             s.expected_sum += rec["expected_reward"]
             s.rewards.append(rec["reward"])
@@ -202,6 +239,10 @@ def _flat(rec: dict[str, Any]) -> dict[str, Any]:
         "num_frames": rec.get("num_frames"),
         "error_code": (rec.get("error") or {}).get("code"), "error_message": (rec.get("error") or {}).get("message"),
     }
+    prov = rec.get("provenance") or {}
+    for name, _ in PROVENANCE_COLUMNS:
+        section, key = name.split(".")[1:]
+        row[name] = (prov.get(section) or {}).get(key)
     dims = rec.get("dimensions") or {}
     for d in DIMENSIONS:
         x = dims.get(d) or {}
@@ -225,6 +266,8 @@ def to_parquet(journal_path: Path, out: Path, row_group: int = 10_000) -> int:
     fields = [("id", pa.string()), ("video", pa.string()), ("prompt", pa.string()), ("status", pa.string()),
               ("reward", pa.float64()), ("expected_reward", pa.float64()), ("model", pa.string()),
               ("num_frames", pa.int32()), ("error_code", pa.string()), ("error_message", pa.string())]
+    types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
+    fields += [(name, types[kind]) for name, kind in PROVENANCE_COLUMNS]
     for d in DIMENSIONS:
         fields += [(f"{d}.label", pa.string()), (f"{d}.score", pa.float64()), (f"{d}.expected_score", pa.float64())]
         fields += [(f"{d}.p_{lab.lower()}", pa.float64()) for lab in LABELS]

@@ -9,6 +9,9 @@ Policy, per id seen in more than one line (across parts, or twice in one part):
   `on_conflict="fail"` (the default) nothing is written and the exit code is 3, so an ambiguous file never
   reaches training; `"first"` / `"last"` keep the line from the first / last part given (command-line order)
   and write the file.
+Lines labeled by different critics or rubrics (their `provenance` digests differ) are not comparable: the
+merge is refused, naming the first two, unless `allow_mixed_provenance`; lines without provenance (an older
+server) are not checked.
 With a manifest, its ids that no part has are reported as missing. A torn last line (a shard killed and not
 resumed) is skipped and reported. Error lines are kept in the output, as `lift label` keeps them.
 
@@ -32,7 +35,9 @@ from service.errors import InvalidRequest, MediaNotFound
 from .journal import ERROR, OK
 
 OnConflict = Literal["fail", "first", "last"]
-IGNORED_FIELDS = frozenset({"request_id"})  # differs on every request, says nothing about the result
+# request_id differs on every request; provenance says how a result was made, not what it is (mixed critics or
+# rubrics are refused on their own, see _check_provenance)
+IGNORED_FIELDS = frozenset({"request_id", "provenance"})
 EXAMPLES = 20  # ids listed per kind of problem in the report
 
 
@@ -51,6 +56,21 @@ class Conflict:
 
 
 @dataclass
+class Origin:
+    """One critic + rubric seen in the parts, and where first."""
+
+    critic: str
+    critic_digest: str | None
+    rubric_digest: str
+    first_seen: str  # "PART:LINE"
+    lines: int = 0
+
+    def describe(self) -> str:
+        return (f"critic {self.critic!r} (checkpoint {self.critic_digest or 'digest unknown'}) with rubric "
+                f"{self.rubric_digest}, first at {self.first_seen}")
+
+
+@dataclass
 class MergeReport:
     out: str
     parts: list[PartInfo]
@@ -66,6 +86,8 @@ class MergeReport:
     manifest_total: int | None = None
     missing: list[str] = field(default_factory=list)  # manifest ids in no part
     not_in_manifest: int = 0
+    origins: dict[tuple[str | None, str], Origin] = field(default_factory=dict)  # (critic, rubric digest) -> where
+    without_provenance: int = 0  # ok lines from a server before provenance: not checked
 
     @property
     def torn_lines(self) -> int:
@@ -88,6 +110,8 @@ class MergeReport:
             "parts": [vars(p) for p in self.parts],
             "conflict_examples": [vars(c) for c in list(self.conflicts.values())[:EXAMPLES]],
             "missing_examples": self.missing[:EXAMPLES],
+            "provenance": [vars(o) for o in self.origins.values()],
+            "without_provenance": self.without_provenance,
             "exit_code": self.exit_code,
         }
 
@@ -108,6 +132,12 @@ class MergeReport:
         if self.missing:
             out.append(f"{len(self.missing)} manifest ids are in no part, e.g. {', '.join(self.missing[:5])}: "
                        "a shard did not finish or was not given")
+        if len(self.origins) > 1:
+            out.append("mixed provenance (--allow-mixed-provenance): "
+                       + "; ".join(o.describe() for o in self.origins.values()))
+        if self.without_provenance:
+            out.append(f"{self.without_provenance} ok lines carry no provenance (an older server): their critic and "
+                       "rubric were not checked")
         if self.errors:
             codes = ", ".join(f"{c} {n}" for c, n in self.error_codes.most_common())
             out.append(f"{self.errors} ids are error lines ({codes}): lift label --retry-errors on their shard redoes them")
@@ -115,7 +145,7 @@ class MergeReport:
 
 
 def merge(parts: list[Path], out: Path, *, manifest: Path | None = None, on_conflict: OnConflict = "fail",
-          tolerance: float = 1e-6) -> MergeReport:
+          tolerance: float = 1e-6, allow_mixed_provenance: bool = False) -> MergeReport:
     if on_conflict not in ("fail", "first", "last"):
         raise InvalidRequest(f"on_conflict must be fail, first or last, not {on_conflict!r}", param="on_conflict")
     if not parts:
@@ -147,6 +177,8 @@ def merge(parts: list[Path], out: Path, *, manifest: Path | None = None, on_conf
                         continue
                     rec = _record(raw, path, n)
                     report.parts[pi].lines += 1
+                    if rec["status"] == OK:
+                        _check_provenance(report, rec, f"{path}:{n}", allow_mixed_provenance)
                     ident, status = str(rec["id"]), rec["status"]
                     if ident not in chosen:
                         chosen[ident] = (pi, at, status)
@@ -189,6 +221,27 @@ def _record(raw: bytes, path: Path, n: int) -> dict[str, Any]:
     except ValueError:
         raise InvalidRequest(f"{path}:{n} is not a labels record (a lift label output line)", param="parts") from None
     return rec
+
+
+def _check_provenance(report: MergeReport, rec: dict[str, Any], where: str, allow_mixed: bool) -> None:
+    """Note which critic and rubric labeled an ok line; a second pair refuses the merge unless allowed."""
+    prov = rec.get("provenance")
+    if not isinstance(prov, dict):
+        report.without_provenance += 1
+        return
+    critic, rubric = prov.get("critic") or {}, prov.get("rubric") or {}
+    key = (critic.get("digest"), str(rubric.get("digest")))
+    origin = report.origins.get(key)
+    if origin is None:
+        origin = report.origins[key] = Origin(str(critic.get("name")), key[0], key[1], where)
+        if len(report.origins) > 1 and not allow_mixed:
+            first = next(iter(report.origins.values()))
+            what = " and ".join(w for w, differs in (("critics", first.critic_digest != key[0]),
+                                                      ("rubrics", first.rubric_digest != key[1])) if differs)
+            raise InvalidRequest(
+                f"the parts were labeled by different {what}: {first.describe()}; {origin.describe()}. Their labels "
+                "are not comparable; --allow-mixed-provenance merges them anyway", param="parts")
+    origin.lines += 1
 
 
 def _read_at(readers: list[BinaryIO], pi: int, at: int) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from service.engines import CriticEngine, CriticQuery, SamplingOptions, create_e
 from service.engines.base import DEFAULT_MAX_REASON_TOKENS
 from service.errors import AnswerParseError, EngineDead, EngineNotReady, InvalidRequest
 from service.media import MediaLimits, VideoFrames, decode_video, frames_from_array
-from service.protocol import MAX_PROMPT_CHARS, DimensionScore, ModelCard, ScoreOptions, ScoreResponse
+from service.protocol import MAX_PROMPT_CHARS, DimensionScore, ModelCard, Provenance, ScoreOptions, ScoreResponse
+from service.provenance import CriticIdentity
 from service.rubric import (
     DEFAULT_NUM_FRAMES,
     DIMENSIONS,
@@ -49,6 +50,7 @@ class Critic:
         self.limits = limits or MediaLimits()
         self.num_frames = num_frames
         self.parse_failures = 0
+        self._identity: CriticIdentity | None = None  # provenance's fixed part, built once the engine started
 
     @classmethod
     def from_pretrained(cls, path: str | Path, engine: str = "vllm", *, model_name: str | None = None,
@@ -73,7 +75,24 @@ class Critic:
 
     async def start(self) -> "Critic":
         await self.engine.start()
+        await asyncio.to_thread(self.identity)  # the checkpoint digest reads files: once, here, off the loop
         return self
+
+    def identity(self) -> CriticIdentity:
+        """Which critic, rubric, engine and server answer (provenance's fixed part), built on first use."""
+        if self._identity is None:
+            family = self.engine.family  # type: ignore[attr-defined]
+            self._identity = CriticIdentity.build(
+                name=self.model_name, family=family.name, model_dir=self.model_dir, engine=self.engine.name,
+                dtype=str(getattr(self.engine, "dtype", "unknown")),
+                short_clip=getattr(family, "short_clip_rule", "repeat"))
+        return self._identity
+
+    def provenance(self, options: ScoreOptions, rule: ScoringRule, sampling: SamplingOptions) -> Provenance:
+        """The provenance of one response: the critic's identity plus this request's frames and sampling."""
+        return self.identity().provenance(
+            num_frames=options.num_frames or self.num_frames, temperature=sampling.temperature, seed=sampling.seed,
+            max_tokens=sampling.max_reason_tokens, scoring=rule, rationale=options.rationale)
 
     async def stop(self) -> None:
         await self.engine.stop()
@@ -141,6 +160,7 @@ class Critic:
             id=request_id or f"score-{uuid.uuid4().hex[:16]}", model=self.model_name, reward=r, expected_reward=er,
             num_frames=seen.num_frames, scoring=rule, rationale=options.rationale, dimensions=dims, timings_ms={k: round(v, 2) for k, v in timings.items()},
             frames=_thumbnails(seen) if options.return_frames else None,
+            provenance=self.provenance(options, rule, sampling),
         )
 
 

@@ -32,7 +32,7 @@ class Job:
     created: float
     deadline: float  # a pending job past this is failed (its worker is gone)
     info: dict[str, Any] = field(default_factory=dict)  # what was asked, echoed back on pull
-    result: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None  # the adapter's result (its scores' provenance included)
     error: dict[str, str] | None = None  # {"code", "message"}
     finished: float | None = None
 

@@ -5,9 +5,9 @@ Pure pydantic (no torch, no vllm): `clients/` imports this module.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
 
 Label = Literal["Good", "Normal", "Bad"]
 DimensionName = Literal["semantic_consistency", "motion_smoothness", "video_fidelity"]
@@ -88,6 +88,68 @@ class DimensionScore(BaseModel):
     rationale: str | None = Field(..., description="The critic's reason; null when options.rationale was false.")
 
 
+class CriticProvenance(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(..., description="The served model name (`lift serve --model-name`, else the folder's name).")
+    family: str = Field(..., description="The critic family (qwen2_vl, vila).")
+    digest: str | None = Field(..., description="sha256 of the checkpoint folder: small files (config.json, the "
+                               "weights index, tokenizer, templates) whole, every file's name and size, and sampled "
+                               "blocks of each large file (weights are not read whole). null: not a local folder.")
+
+
+class RubricProvenance(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    digest: str = Field(..., description="sha256 of the dimensions' questions and the labels' scores "
+                        "(service.rubric).")
+
+
+class FramesProvenance(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    count: int = Field(..., description="Frames sampled from the video (options.num_frames or the default).")
+    rule: Literal["linspace"] = Field("linspace", description="Which frames: linspace(0, total-1, count), "
+                                      "rounded down, as LiFT.")
+    short_clip: str = Field(..., description="A clip shorter than `count`: 'repeat' (the sampled frames, repeats "
+                            "included) or 'distinct' (the frames it has, once each; LiFT's VILA loader).")
+
+
+class EngineProvenance(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(..., description="vllm or transformers.")
+    dtype: str = Field(..., description="The dtype the engine runs the critic in.")
+
+
+class SamplingProvenance(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    temperature: float = Field(..., description="0 = greedy.")
+    seed: int | None
+    max_tokens: int = Field(..., description="Upper bound on the generated reason (or, scoring 'lift', answer).")
+    scoring: Literal["label", "lift"] = Field(..., description="options.scoring as applied.")
+    rationale: bool = Field(..., description="options.rationale: false = reward-only.")
+
+
+class ServerProvenance(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str = "lift-reward"
+    version: str
+
+
+class Provenance(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    critic: CriticProvenance
+    rubric: RubricProvenance
+    frames: FramesProvenance
+    engine: EngineProvenance
+    sampling: SamplingProvenance
+    server: ServerProvenance
+
+
 class ScoreResponse(BaseModel):
     id: str
     model: str
@@ -99,6 +161,8 @@ class ScoreResponse(BaseModel):
     dimensions: dict[DimensionName, DimensionScore]
     timings_ms: dict[str, float] = Field(default_factory=dict)
     frames: list[str] | None = Field(None, description="base64 JPEG thumbnails, when options.return_frames.")
+    provenance: Provenance | None = Field(None, description="What produced this score: critic, rubric, frames, "
+                                          "engine, sampling, server (always set by this server).")
 
 
 class ErrorDetail(BaseModel):
@@ -111,18 +175,58 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+MAX_GROUP_ID_CHARS = 256
+
+
+GroupId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_GROUP_ID_CHARS, strict=True)] | StrictInt
+
+
+class BatchScoreItem(ScoreRequest):
+    group: GroupId | None = Field(
+        None, description="The item's group (a prompt's samples, as GRPO trainers group them): the response's "
+        "`groups` gives each group's statistics. An integer is the same group as its decimal string.")
+
+
 class BatchScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    items: list[ScoreRequest] = Field(..., min_length=1, max_length=64)
+    items: list[BatchScoreItem] = Field(..., min_length=1, max_length=64)
 
 
 class BatchItemError(BaseModel):
     error: ErrorDetail
 
 
+class SpreadStats(BaseModel):
+    """One number over a group's scored items (failed items are left out, never counted as 0)."""
+
+    mean: float | None = Field(..., description="null when no item of the group was scored.")
+    std: float | None = Field(..., description="Population standard deviation (divides by n, ddof 0); x "
+                              "sqrt(n/(n-1)) for the sample form. null when no item was scored.")
+    zero_spread: bool | None = Field(..., description="Every scored item has the same value (max - min <= "
+                                     "1e-6): no signal for GRPO's group-normalised advantage. True for one scored "
+                                     "item. null when none was scored.")
+
+
+class DimensionGroupStats(BaseModel):
+    score: SpreadStats = Field(..., description="Of the label scores (0.05 / 0.2 / 0.9).")
+    expected_score: SpreadStats = Field(..., description="Of the probability-weighted scores.")
+
+
+class GroupStats(BaseModel):
+    n: int = Field(..., description="Items of the batch in this group.")
+    scored: int = Field(..., description="Items scored: n - failed; the statistics are over these.")
+    failed: int = Field(..., description="Items answered with an error (left out of the statistics).")
+    reward: SpreadStats
+    expected_reward: SpreadStats
+    dimensions: dict[DimensionName, DimensionGroupStats]
+
+
 class BatchScoreResponse(BaseModel):
     results: list[ScoreResponse | BatchItemError]
+    groups: dict[str, GroupStats] = Field(
+        default_factory=dict, description="Per group id of the items (`group`), statistics of their scores; "
+        "raw: the service does not normalise (the trainer does). Empty when no item names a group.")
 
 
 class ModelCard(BaseModel):

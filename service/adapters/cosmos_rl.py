@@ -10,7 +10,8 @@
 
 `scores` holds every number under its own key (`reward`, `expected_reward`, each dimension's expected score,
 `DIM.score`, and the reward function's own name, `lift`, carrying LIFT_ADAPTER_REWARD), so the trainer's
-`score_key` (`"lift"`, `"motion_smoothness+video_fidelity"`, ...) picks or sums what it wants.
+`score_key` (`"lift"`, `"motion_smoothness+video_fidelity"`, ...) picks or sums what it wants. The pull also
+carries `provenance` (critic, rubric, frames, engine, sampling, server; one per job), which Cosmos-RL ignores.
 
 Unlike Cosmos-RL's own service, nothing is dropped and nothing fails silently: the envelope (header, array
 header, sizes, batch size, limits) is checked at enqueue and refused with a 4xx there; past LIFT_JOBS_MAX_PENDING
@@ -228,7 +229,10 @@ class CosmosRLAdapter:
             scores[REWARD_FN] = self.selection.value(r)
             per_sample.append(scores)
         keys = list(per_sample[0])
-        return {"scores": {k: [s[k] for s in per_sample] for k in keys}}
+        # one provenance per job: its samples share the critic and the options
+        provenance = results[0].provenance  # type: ignore[union-attr]
+        return {"scores": {k: [s[k] for s in per_sample] for k in keys},
+                "provenance": provenance.model_dump(mode="json") if provenance is not None else None}
 
     async def _job_answers(self, first: Any) -> bool:
         """Whether a remembered enqueue answer still stands: its job is pending, done, or failed for bad input. A job
@@ -257,7 +261,7 @@ class CosmosRLAdapter:
             raise JobFailed(f"job {job_id} failed ({err['code']}): {err['message']}", param="uuid")
         assert job.result is not None
         return {"scores": job.result["scores"], "input_info": job.info, "duration": job.result.get("duration"),
-                "type": kind}
+                "type": kind, "provenance": job.result.get("provenance")}
 
     def _routes(self) -> APIRouter:
         router = APIRouter(tags=["cosmos-rl"])

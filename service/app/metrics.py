@@ -9,7 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.protocol import ScoreResponse
+from service.groups import spreads_by_key
+from service.protocol import GroupStats, ScoreResponse
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 # LiFT's label scores are 0.05 / 0.2 / 0.9: buckets sit on and between them.
@@ -52,6 +53,13 @@ class ServiceMetrics:
         self.idempotency_store_errors = Counter(
             "lift_idempotency_store_errors", "Idempotency store (Redis) unreachable: requests scored without repeat "
             "detection.", registry=r)
+        # Counters, not a gauge of the last batch's share: rate(zero_spread) / rate(groups) is the share over any
+        # window, summed over replicas, and no batch's share is lost between two scrapes.
+        self.groups = Counter("lift_groups", "Batch groups (items sharing a `group`) with at least 2 scored items, "
+                              "per number summarised (key: reward, expected_reward, DIM.score, DIM.expected_score).",
+                              ["key"], registry=r)
+        self.zero_spread_groups = Counter("lift_zero_spread_groups", "Of lift_groups, those whose scored items all "
+                                          "have the same value (no GRPO signal), per key.", ["key"], registry=r)
 
     def set_queue(self, inflight: int, queued: int) -> None:
         self.inflight.set(inflight)
@@ -69,6 +77,16 @@ class ServiceMetrics:
             self.decode_duration.observe(decode / 1000.0)
         if engine is not None:
             self.engine_duration.observe(engine / 1000.0)
+
+    def observe_groups(self, groups: dict[str, GroupStats]) -> None:
+        # A group of one scored sample has zero spread by construction: it says nothing about the critic.
+        for stats in groups.values():
+            if stats.scored < 2:
+                continue
+            for key, spread in spreads_by_key(stats).items():
+                self.groups.labels(key=key).inc()
+                if spread.zero_spread:
+                    self.zero_spread_groups.labels(key=key).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

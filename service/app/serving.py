@@ -38,8 +38,11 @@ from service.fetch import FetchPolicy, MediaConnector, decode_base64, resolve_pa
 from service.frames import b64_bytes, is_npy, video_from_images, videos_from_npy
 from service.media import MediaLimits, VideoFrames
 from service.rubric import DEFAULT_NUM_FRAMES
+from service.groups import batch_groups
 from service.protocol import (
+    MAX_GROUP_ID_CHARS,
     BatchItemError,
+    BatchScoreItem,
     BatchScoreResponse,
     ModelCard,
     ModelList,
@@ -91,11 +94,11 @@ async def parse_json_async(body: bytes) -> Any:
     return parse_json(body)
 
 
-def parse_score_request(data: Any, *, prefix: str = "") -> ScoreRequest:
+def parse_score_request(data: Any, *, prefix: str = "", model: type[ScoreRequest] = ScoreRequest) -> ScoreRequest:
     if not isinstance(data, dict):
         raise ValidationFailed("expected a JSON object", param=prefix or None)
     try:
-        return ScoreRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise validation_failed(exc.errors(include_url=False), prefix) from None
 
@@ -435,7 +438,7 @@ class ScoringService:
             prefix = f"items.{i}."
 
             async def work() -> ScoreResponse:
-                request = parse_score_request(raw, prefix=f"items.{i}")
+                request = parse_score_request(raw, prefix=f"items.{i}", model=BatchScoreItem)
                 return await self._score_request(request, prefix)
 
             try:
@@ -449,7 +452,10 @@ class ScoringService:
                 return self._item_error(exc)
 
         results = await asyncio.gather(*(one(i, raw) for i, raw in enumerate(items)))
-        return BatchScoreResponse(results=list(results))
+        groups = batch_groups((_group_of(raw), r if isinstance(r, ScoreResponse) else None)
+                              for raw, r in zip(items, results))
+        self.metrics.observe_groups(groups)
+        return BatchScoreResponse(results=list(results), groups=groups)
 
     def _item_error(self, exc: LiftError) -> BatchItemError:
         self.metrics.rejected.labels(reason=exc.code).inc()
@@ -463,6 +469,17 @@ def _batch_item(outcome: Outcome) -> ScoreResponse | BatchItemError:
     if outcome.status == 200:
         return ScoreResponse.model_validate_json(outcome.body)
     return BatchItemError.model_validate_json(outcome.body)  # a remembered bad-input error, as first answered
+
+
+def _group_of(raw: Any) -> str | None:
+    """An item's group id, read from the raw item so that an item failing validation still counts as its
+    group's failure (an id that is itself invalid makes the item fail, and counts nowhere)."""
+    group = raw.get("group") if isinstance(raw, dict) else None
+    if isinstance(group, bool) or not isinstance(group, (str, int)):
+        return None
+    if isinstance(group, str) and not 1 <= len(group) <= MAX_GROUP_ID_CHARS:
+        return None
+    return str(group)
 
 
 def _b64_frames(frames: list[str], max_bytes: int, param: str) -> list[bytes]:

@@ -110,6 +110,13 @@ class VLLMEngine:
         return int(self._engine.vllm_config.cache_config.block_size)
 
     @property
+    def dtype(self) -> str:
+        """The dtype the started engine runs in ('auto' resolved by vLLM), else the one asked."""
+        if self._engine is None:
+            return str(self._args["dtype"])
+        return str(self._engine.vllm_config.model_config.dtype).removeprefix("torch.")
+
+    @property
     def engine_args(self) -> dict[str, Any]:
         return dict(self._args)
 

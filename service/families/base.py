@@ -24,6 +24,7 @@ class PromptInputs:
 
 class CriticFamily(Protocol):
     name: str
+    short_clip_rule: str  # how critic_frames treats a clip shorter than the frames asked: repeat | distinct
 
     def vllm_prompt(self, caption: str, dimension: str, video: VideoFrames) -> PromptInputs:
         """Token ids with the family's media placeholders (vLLM expands them) and multi_modal_data."""

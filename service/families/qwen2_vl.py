@@ -15,6 +15,7 @@ ARCHITECTURES = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGen
 
 class Qwen2VLFamily:
     name = "qwen2_vl"
+    short_clip_rule = "repeat"  # see critic_frames (provenance names it)
 
     def __init__(self, model_dir: str | Path) -> None:
         self.model_dir = str(model_dir)

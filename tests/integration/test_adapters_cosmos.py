@@ -120,12 +120,16 @@ def test_video_frames_enqueue_then_pull(cosmos_server: str, clips: np.ndarray) -
     done = wait_pull(cosmos_server, uuid)
     assert done.status_code == 200, done.text
     out = done.json()
-    assert set(out) == {"scores", "input_info", "duration", "type"} and out["type"] == "lift"
+    assert set(out) == {"scores", "input_info", "duration", "type", "provenance"} and out["type"] == "lift"
     scores = out["scores"]
     assert {"reward", "expected_reward", "lift", *DIMS, *(f"{d}.score" for d in DIMS)} <= set(scores)
     assert all(len(v) == 2 for v in scores.values())
     want = [score_frames(cosmos_server, clips[i], PROMPTS[i]) for i in range(2)]
     assert scores["reward"] == pytest.approx([w["reward"] for w in want], abs=1e-9)
+    # the job's provenance: the same critic and rubric as /v1/score's, reward-only sampling (the adapter's default)
+    assert {k: out["provenance"][k] for k in ("critic", "rubric", "engine", "server", "frames")} == {
+        k: want[0]["provenance"][k] for k in ("critic", "rubric", "engine", "server", "frames")}
+    assert out["provenance"]["sampling"]["rationale"] is False
     assert scores["lift"] == pytest.approx([w["expected_reward"] for w in want], abs=1e-6)  # LIFT_ADAPTER_REWARD
     for d in DIMS:
         assert scores[d] == pytest.approx([w["dimensions"][d]["expected_score"] for w in want], abs=1e-6)

@@ -25,6 +25,7 @@ from service.rubric import LABELS
 
 class VilaFamily:
     name = "vila"
+    short_clip_rule = "distinct"  # see critic_frames (provenance names it)
 
     def __init__(self, model_dir: str | Path) -> None:
         self.model_dir = str(model_dir)
