@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.critic_throughput import make_videos, original_way  # noqa: E402
-from benchmarks.lift_servers import free_port, lift_serve  # noqa: E402
+from benchmarks.lift_servers import free_port, lift_serve, stop_servers, wait_until_ready  # noqa: E402
 from clients.processes import die_with_parent  # noqa: E402
 
 KV_CACHE_GB = 1
@@ -118,8 +118,6 @@ def jpeg_frames(video: Path) -> list[str]:
 @contextlib.contextmanager
 def stock_vllm_serve(model: Path, *, dtype: str, block_size: int | None, log: Path) -> Iterator[str]:
     """vLLM's own OpenAI-compatible server on the critic, as a user starts it (plus the KV size it needs on CPU)."""
-    import httpx
-
     port = free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
            "--port", str(port), "--dtype", dtype, "--served-model-name", "critic", "--max-model-len", "4096"]
@@ -131,26 +129,10 @@ def stock_vllm_serve(model: Path, *, dtype: str, block_size: int | None, log: Pa
                                 preexec_fn=die_with_parent)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited {proc.returncode}; see {log}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"vllm serve not ready after 600 s; see {log}")
-            time.sleep(0.5)
+        wait_until_ready(url, proc, log, path="/health", deadline=time.monotonic() + 600)
         yield url
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, 9)
-                proc.wait(timeout=30)
+        stop_servers([proc])
 
 
 async def stock_client(url: str, videos: list[list[str]], *, concurrency: int, max_tokens: int,

@@ -11,6 +11,7 @@ import asyncio
 import math
 import os
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -132,6 +133,13 @@ def _batch_results(parsed: BatchScoreResponse, n: int) -> list[ScoreResponse | L
     return out
 
 
+def _with_idempotency_key(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """One `Idempotency-Key` per logical call, the same on every retry: a retry after a timeout or a dropped
+    connection is answered with the first attempt's result instead of being scored again (the server keeps
+    answers by key and content; replicas sharing LIFT_REDIS_URL share them)."""
+    return {**kwargs, "headers": {**kwargs.get("headers", {}), "Idempotency-Key": uuid.uuid4().hex}}
+
+
 def _headers(api_key: str | None) -> dict[str, str]:
     h = {"Accept": "application/json", "User-Agent": "lift-reward-client/0.1"}
     if api_key:
@@ -187,6 +195,7 @@ class RewardClient(_Base):
         self.close()
 
     def _send(self, method: str, path: str, **kwargs: Any) -> tuple[httpx.Response, Replica]:
+        kwargs = _with_idempotency_key(kwargs)
         attempts = Attempts(self.balancer)
         while True:
             replica, wait = attempts.next()
@@ -320,6 +329,7 @@ class AsyncRewardClient(_Base):
         await self.aclose()
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> tuple[httpx.Response, Replica]:
+        kwargs = _with_idempotency_key(kwargs)
         attempts = Attempts(self.balancer)
         while True:
             replica, wait = attempts.next()

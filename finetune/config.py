@@ -76,7 +76,8 @@ class TrainConfig:
     """LiFT Eq. 3: L = E_syn[w(x,z) * l(x,z)] + real_weight * E_real[l(x,z)]."""
 
     model: str = field(default="", metadata={"help": "Base CogVideoX pipeline folder."})
-    data: str = field(default="", metadata={"help": "Labels JSONL (the labeler's output: id, video, prompt, reward, ...)."})
+    data: str = field(default="", metadata={"help": "Labels: the labeler's JSONL (id, video, prompt, reward, ...) or LiFT's "
+                                                   "scored file (a JSON list of video, caption, score), told apart by content."})
     out: str = field(default="", metadata={"help": "Output folder: checkpoints/, lora/ or pipeline/, train_log.jsonl."})
     real: str | None = field(default=None, metadata={"help": "Real videos JSONL ({\"video\", \"prompt\"}) for the lambda term."})
     real_weight: float = field(default=1.0, metadata={"help": "lambda in Eq. 3 (LiFT: 1)."})

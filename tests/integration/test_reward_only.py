@@ -5,7 +5,6 @@ for it by default."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from service.critic import Critic
+from tests.integration.test_adapters import npy_bytes, png_b64
 from service.protocol import ScoreOptions, ScoreResponse
 
 pytestmark = pytest.mark.vllm
@@ -51,20 +51,6 @@ def test_reward_only_equals_the_label_part_of_a_full_score(engine, critic_runtim
         ScoreOptions(rationale=False, scoring="lift")  # LiFT's rule reads the generated answer
 
 
-def _npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _png(frame: np.ndarray) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def test_every_input_kind_over_http(live_server: str, sample_videos: dict[str, Path]) -> None:
     from service.media import decode_video
 
@@ -73,8 +59,8 @@ def test_every_input_kind_over_http(live_server: str, sample_videos: dict[str, P
     sources = {
         "path": {"path": "real_bikes.mp4"},
         "base64": {"base64": base64.b64encode(mp4).decode()},
-        "npy": {"npy": base64.b64encode(_npy(frames)).decode(), "fps": 8},
-        "frames": {"frames": [_png(f) for f in frames]},
+        "npy": {"npy": base64.b64encode(npy_bytes(frames)).decode(), "fps": 8},
+        "frames": {"frames": [png_b64(f) for f in frames]},
     }
     for kind, video in sources.items():
         full = httpx.post(f"{live_server}/v1/score", json={"prompt": PROMPT, "video": video,
@@ -119,7 +105,7 @@ def test_flow_factory_asks_for_reward_only_by_default(flow_apps, sample_videos) 
     from service.media import decode_video
 
     frames = decode_video(sample_videos["real_carphone"], 6).frames[:, :64, :64]
-    payload = {"prompt": [PROMPT, PROMPT], "video": [[_png(f) for f in frames]] * 2}
+    payload = {"prompt": [PROMPT, PROMPT], "video": [[png_b64(f) for f in frames]] * 2}
     for url, want in zip(flow_apps, ("false", "true")):
         before = scored(url)
         r = httpx.post(f"{url}/compute", json=payload, timeout=120)

@@ -68,7 +68,8 @@ def _app(state: Scripted) -> FastAPI:
     async def reply(request: Request) -> Response:
         state.hits += 1
         ctype = request.headers.get("content-type", "")
-        seen: dict[str, Any] = {"ctype": ctype.split(";")[0], "auth": request.headers.get("authorization")}
+        seen: dict[str, Any] = {"ctype": ctype.split(";")[0], "auth": request.headers.get("authorization"),
+                                "key": request.headers.get("idempotency-key")}
         if ctype.startswith("multipart/"):
             form = await request.form()
             data = await form["video"].read()
@@ -242,6 +243,12 @@ def test_429_retry_after_is_honoured_then_succeeds(replicas: list[Scripted], vid
     assert resp.reward > 0
     assert a.hits == 3
     assert took >= 0.6, f"Retry-After 0.3 s twice was not honoured ({took:.2f}s)"
+    # one Idempotency-Key for the call, the same on each retry (the server answers a repeat from its first result)
+    keys = [s["key"] for s in a.seen]
+    assert len(set(keys)) == 1 and keys[0] and len(keys[0]) == 32
+    with RewardClient(a.url, retry=FAST) as c:
+        c.score(video, "a cat")
+    assert a.seen[-1]["key"] != keys[0]  # a new call, a new key
 
 
 def test_503_gives_up_after_max_attempts_with_typed_error(replicas: list[Scripted], video: Path) -> None:
