@@ -93,7 +93,7 @@ class CriticProvenance(BaseModel):
 
     name: str = Field(..., description="The served model name (`lift serve --model-name`, else the folder's name).")
     family: str = Field(..., description="The critic family (qwen2_vl, vila).")
-    digest: str | None = Field(..., description="sha256 of the checkpoint folder: small files (config.json, the "
+    digest: str | None = Field(None, description="sha256 of the checkpoint folder: small files (config.json, the "
                                "weights index, tokenizer, templates) whole, every file's name and size, and sampled "
                                "blocks of each large file (weights are not read whole). null: not a local folder.")
 
@@ -126,7 +126,7 @@ class SamplingProvenance(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     temperature: float = Field(..., description="0 = greedy.")
-    seed: int | None
+    seed: int | None = Field(None, description="options.seed; null: none given.")
     max_tokens: int = Field(..., description="Upper bound on the generated reason (or, scoring 'lift', answer).")
     scoring: Literal["label", "lift"] = Field(..., description="options.scoring as applied.")
     rationale: bool = Field(..., description="options.rationale: false = reward-only.")
