@@ -8,10 +8,11 @@ byte, and the engine must score each distinct good request once (`lift_reward_co
 whose .npy header declares 3100x3100 pixels (over the pixel limit: 413), so the default 64 MiB byte cap needs no
 64 MiB uploads.
 
-    python benchmarks/soak.py [--requests 2000] [--concurrency 32]
+    python benchmarks/soak.py [--requests 2000] [--concurrency 32] [--warmup 2000]
 
 Last line: `rss_growth_mb=X api_rss_growth_mb=Y five_xx=N repeats=R repeat_mismatches=M scored=S expected_scored=E`
-(RSS growth from the first sample after warm-up to the last: the server's process tree, and its API process alone).
+(RSS growth from the first sample after warm-up to the last: the server's process tree, and its API process alone;
+the warm-up is --warmup requests of the same mix, other keys and prompts, sent before and not measured).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def plan(n: int, seed: int = 0) -> list[tuple[int, bool]]:
     return out
 
 
-async def soak(url: str, pid: int, n: int, concurrency: int, mix: list[tuple[str, str, bytes]]
+async def soak(url: str, pid: int, n: int, concurrency: int, mix: list[tuple[str, str, bytes]], tag: str = "soak"
                ) -> tuple[list[float], list[float], dict[str, int], dict[str, int]]:
     counts: dict[str, int] = {}
     stats = {"repeats": 0, "repeat_mismatches": 0, "expected_scored": 0}
@@ -110,9 +111,9 @@ async def soak(url: str, pid: int, n: int, concurrency: int, mix: list[tuple[str
             kind, name, body = mix[first % len(mix)]
             async with sem:
                 r = await client.post(f"{url}/v1/score", files={"video": (name, body, "application/octet-stream")},
-                                      data={"prompt": f"a red square #{first}",
+                                      data={"prompt": f"a red square #{tag}{first}",
                                             "options": json.dumps({"max_reason_tokens": 4})},
-                                      headers={"Idempotency-Key": f"soak-{first}"})
+                                      headers={"Idempotency-Key": f"{tag}-{first}"})
             label = f"{kind}{'-repeat' if repeat else ''}:{r.status_code}"
             counts[label] = counts.get(label, 0) + 1
             if repeat:
@@ -144,6 +145,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=2000,
+                    help="requests of the same mix sent first and not measured (vLLM's allocator and prefix cache, "
+                         "the idempotency store filling up); 0: the first 200 measured requests are the warm-up")
     ap.add_argument("--server-env", action="append", default=[], metavar="LIFT_X=V",
                     help="a departure from the defaults, for a comparison run (e.g. LIFT_IDEMPOTENCY_MAX_ENTRIES=0)")
     args = ap.parse_args()
@@ -164,15 +168,22 @@ def main() -> int:
         with lift_serve(model, engine="vllm", log_dir=root, env=env) as urls:
             port = int(urls[0].rsplit(":", 1)[1])
             pid = server_pid(port)
+            before = {"scored": 0.0, "replays": 0.0, "waited": 0.0}
+            if args.warmup:
+                asyncio.run(soak(urls[0], pid, args.warmup, args.concurrency, payloads(videos), tag="warmup"))
+                before = {"scored": server_metric(urls[0], "lift_reward_count"),
+                          "replays": server_metric(urls[0], "lift_idempotent_replays_total"),
+                          "waited": server_metric(urls[0], "lift_idempotent_replays_total", 'waited="true"')}
+                print(f"warm-up: {args.warmup} requests done", flush=True)
             t0 = time.perf_counter()
             rss, api, counts, stats = asyncio.run(soak(urls[0], pid, args.requests, args.concurrency,
                                                        payloads(videos)))
             wall = time.perf_counter() - t0
-            scored = server_metric(urls[0], "lift_reward_count")
-            replays = server_metric(urls[0], "lift_idempotent_replays_total")
-            waited = server_metric(urls[0], "lift_idempotent_replays_total", 'waited="true"')
+            scored = server_metric(urls[0], "lift_reward_count") - before["scored"]
+            replays = server_metric(urls[0], "lift_idempotent_replays_total") - before["replays"]
+            waited = server_metric(urls[0], "lift_idempotent_replays_total", 'waited="true"') - before["waited"]
     five_xx = sum(v for k, v in counts.items() if k.split(":")[1].startswith("5"))
-    w = 1 if len(rss) > 2 else 0  # the first 200 requests are warm-up (caches, allocator pools)
+    w = 1 if len(rss) > 2 and not args.warmup else 0  # without --warmup the first 200 requests are the warm-up
     warm, growth, api_growth = rss[w], rss[-1] - rss[w], api[-1] - api[w]
     print(f"\n| requests | concurrency | repeats | wall s | RSS after warm-up MB | RSS at end MB | 5xx |")
     print(f"|---:|---:|---:|---:|---:|---:|---:|")
