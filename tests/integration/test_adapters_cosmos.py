@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -229,38 +228,6 @@ def test_enqueue_flood_past_the_bound_is_429_and_nothing_is_lost(serve_app: Call
 
 
 # ---- two replicas, one Redis -------------------------------------------------------------------------
-@pytest.fixture()
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server not installed (Debian package redis-server; scripts/install_system_tools.sh)")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=port)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 def test_two_replicas_share_jobs_through_redis(serve_app: Callable[..., AbstractContextManager[str]],
                                                clips: np.ndarray, redis_url: str) -> None:
     settings = {"adapters": ["cosmos-rl"], "redis_url": redis_url, "jobs_max_pending": 1}

@@ -5,35 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from finetune.critic.data import (RatedDataError, RatedExample, hra_user_text, load_rated_data, scan_rated_data,
                                   to_hra_entry, to_lift_entry, write_lift)
-from finetune.critic.synthetic import write_mp4
+from tests.unit.test_critic_data import _examples, _key, videos  # noqa: F401  (videos: a fixture)
 from service.rubric import DIMENSION_NAMES
 
 
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("hra_videos")
-    rng = np.random.default_rng(1)
-    for name in ("a.mp4", "b.mp4"):
-        write_mp4(folder / name, rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8))
-    return folder
-
-
-def _examples(videos: Path) -> list[RatedExample]:
-    return [
-        RatedExample(videos / "a.mp4", "a red car on a road", "semantic_consistency", "Good", "Matches the text."),
-        RatedExample(videos / "a.mp4", "a red car on a road", "motion_smoothness", "Normal", "Some stutter."),
-        RatedExample(videos / "a.mp4", "a red car on a road", "video_fidelity", "Bad", "The wheels melt."),
-        RatedExample(videos / "b.mp4", "two dogs, one says \"hi\"", "video_fidelity", "Good", ""),
-    ]
-
-
-def _key(ex: RatedExample) -> tuple:
-    return (ex.video, ex.caption, ex.dimension, ex.label, ex.reason)
+# The same rated videos and examples as LiFT-style reading uses (its twins in the other style are built below).
 
 
 def _dump(path: Path, entries: list) -> Path:

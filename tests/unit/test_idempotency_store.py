@@ -5,11 +5,7 @@ engine: tests/integration/test_idempotency.py."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -195,34 +191,7 @@ def test_which_failures_are_final() -> None:
 
 
 # ---- two replicas, one real redis-server ------------------------------------------------------------------------
-@pytest.fixture()
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    from tests.integration.conftest import free_port
-
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server not installed (Debian package redis-server; scripts/install_system_tools.sh)")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=port)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+# redis_url: a real redis-server per test (tests/conftest.py)
 
 
 def redis_store(url: str, max_entries: int = 100, ttl_s: float = 60.0) -> Idempotency:
