@@ -25,7 +25,6 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.unit.test_idempotency_store import redis_url  # noqa: F401 - the fixture: a real redis-server
 
 pytestmark = pytest.mark.vllm
 SLOW_OPTIONS = {"max_reason_tokens": 48}  # reasons make one scoring last long enough to send repeats into it
@@ -355,7 +354,7 @@ def test_unirl_resends_are_scored_once(app: str, videos: dict[str, str]) -> None
 
 # ---- two replicas, one Redis ------------------------------------------------------------------------------------
 def test_two_replicas_share_answers_through_redis(serve_app: Callable[..., AbstractContextManager[str]],
-                                                  videos: dict[str, str], redis_url: str) -> None:  # noqa: F811
+                                                  videos: dict[str, str], redis_url: str) -> None:
     body = {"prompt": "a red square gliding", "video": {"base64": videos["a"]}, "options": SLOW_OPTIONS}
     with serve_app(redis_url=redis_url) as a, serve_app(redis_url=redis_url) as b:
         key = f"t-{uuid.uuid4()}"
@@ -377,7 +376,7 @@ def test_two_replicas_share_answers_through_redis(serve_app: Callable[..., Abstr
 
 
 def test_a_timed_out_first_attempt_is_retried_for_real(serve_app: Callable[..., AbstractContextManager[str]],
-                                                       videos: dict[str, str], redis_url: str) -> None:  # noqa: F811
+                                                       videos: dict[str, str], redis_url: str) -> None:
     """A 504 on replica A (its deadline is far too short) is not remembered: the retry on B scores, and answers 200."""
     body = {"prompt": "a red square gliding", "video": {"base64": videos["a"]}}
     with serve_app(redis_url=redis_url, request_timeout_s=0.001) as a, serve_app(redis_url=redis_url) as b:
