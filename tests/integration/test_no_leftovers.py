@@ -68,6 +68,13 @@ def start_serve(model_dir: Path, port: int, log: Path, env: dict[str, str] | Non
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def in_the_engine(url: str) -> float:
+    """Scoring calls the replica holds now (in the engine or waiting for a slot), from its /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(("lift_inflight_requests ", "lift_queued_requests ")))
+
+
 @contextlib.contextmanager
 def reaped(proc: subprocess.Popen):
     try:
@@ -97,27 +104,37 @@ def test_serve_sigkilled_idle_then_under_load_leaves_nothing_and_the_port_serves
         video = sample_videos["h264_mp4"].read_bytes()
         outcomes: list[str] = []
 
-        def score() -> None:
-            try:
-                r = httpx.post(f"{url}/v1/score", files={"video": ("v.mp4", video, "video/mp4")},
-                               data={"prompt": "a red square"}, timeout=60)
-                outcomes.append(str(r.status_code))
-            except httpx.TransportError as exc:  # the server died under the request: what a client sees
-                outcomes.append(type(exc).__name__)
+        def score_until_the_server_dies() -> None:
+            # each client keeps one request in flight until the server is gone, so the kill always lands under load
+            while True:
+                try:
+                    r = httpx.post(f"{url}/v1/score", files={"video": ("v.mp4", video, "video/mp4")},
+                                   data={"prompt": "a red square"}, timeout=60)
+                    outcomes.append(str(r.status_code))
+                except httpx.TransportError as exc:  # the server died under the request: what a client sees
+                    outcomes.append(type(exc).__name__)
+                    return
 
-        threads = [threading.Thread(target=score) for _ in range(12)]
+        threads = [threading.Thread(target=score_until_the_server_dies) for _ in range(12)]
         for t in threads:
             t.start()
         deadline = time.monotonic() + 60
         while not outcomes and time.monotonic() < deadline:  # scoring is under way: a first answer came back
             time.sleep(0.05)
         assert outcomes, "no request was answered before the kill"
+        deadline = time.monotonic() + 60
+        while (held := in_the_engine(url)) < 6 and time.monotonic() < deadline:  # and the next ones are in the engine
+            time.sleep(0.02)
+        assert held >= 6, f"only {held:.0f} requests in the replica; the kill would not land under load"
         second.send_signal(signal.SIGKILL)
         second.wait(timeout=10)
         for t in threads:
             t.join(timeout=70)
         assert_gone(engines)
-        assert len(outcomes) == 12 and any(o != "200" for o in outcomes), outcomes  # some died with the server
+        assert "200" in outcomes, outcomes  # it was scoring before the kill
+        failures = [o for o in outcomes if o != "200"]
+        # every client's last request failed with the server, and some were in flight (not refused connections)
+        assert len(failures) == 12 and any(o != "ConnectError" for o in failures), outcomes
 
 
 def _run_until(cmd: list[str], marker: str, log: Path, timeout_s: float = 240.0,
