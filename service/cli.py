@@ -19,6 +19,9 @@ FATAL_DRAIN_S = 5.0  # after the engine is lost: how long in-flight requests get
 FATAL_LINGER_S = 2.0
 
 
+CRITIC_CHOICES = ("lift", "cosmos-reason1", "videoscore2", "unifiedreward")  # service.critics.CRITIC_NAMES
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "serve",
@@ -31,6 +34,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--model", type=Path, default=None, help="critic checkpoint folder (or LIFT_MODEL)")
     p.add_argument("--engine", choices=("vllm", "transformers"), default=None, help="inference engine (default vllm)")
+    p.add_argument("--critic", choices=CRITIC_CHOICES, default=None,
+                   help="what the checkpoint is: its prompts and how its answers are read (default lift; or "
+                        "LIFT_CRITIC)")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="bind port (default 8000)")
     p.add_argument("--demo", action="store_true", default=None,
@@ -52,6 +58,9 @@ def register(subparsers: Any) -> None:
     )
     t.add_argument("dir", type=Path, help="output folder")
     t.add_argument("--family", default="qwen2_vl", choices=("qwen2_vl", "vila"), help="critic family")
+    t.add_argument("--critic", choices=CRITIC_CHOICES, default="lift",
+                   help="which critic the tiny model stands for: lift (the family's LiFT-Critic layout) or another "
+                        "critic's (a Qwen2.5-VL in the real release's tokenizer layout; serve it with the same --critic)")
     t.add_argument("--vision", choices=("siglip", "internvit"), default=None,
                    help="(vila) vision tower: siglip = VILA1.5-13b-shaped (default), internvit = VILA1.5-40b-shaped")
     t.add_argument("--with-lora", action="store_true",
@@ -84,6 +93,14 @@ def make_tiny_critic_command(args: argparse.Namespace) -> int:
         raise InvalidRequest("--non-lora-trainables describes the LoRA release: add --with-lora")
     if args.preset != "tiny" and args.vision == "internvit":
         raise InvalidRequest("--preset realistic is 13B-shaped: use --vision siglip (the default)")
+    if args.critic != "lift":
+        if args.family != "qwen2_vl" or any(vila_only.values()):
+            raise InvalidRequest(f"--critic {args.critic} is a Qwen2.5-VL model: leave --family at qwen2_vl")
+        from service.tiny_critics.qwen2_5_vl import build_tiny_qwen2_5_vl
+
+        print(build_tiny_qwen2_5_vl(args.dir, seed=args.seed, preset=args.preset))
+        print(f"to serve it: lift serve --critic {args.critic} --model {args.dir}", file=sys.stderr)
+        return 0
     if args.family == "vila":
         from service.tiny_critics.vila import build_tiny_vila
 
@@ -106,7 +123,8 @@ def _settings_from(args: argparse.Namespace) -> Any:
     from service.app.settings import ServiceSettings
     from service.errors import InvalidRequest
 
-    flags = {k: getattr(args, k, None) for k in ("model", "engine", "host", "port", "demo", "media_root", "adapters")}
+    flags = {k: getattr(args, k, None)
+             for k in ("model", "engine", "critic", "host", "port", "demo", "media_root", "adapters")}
     try:
         return ServiceSettings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
@@ -156,6 +174,8 @@ def serve_command(args: argparse.Namespace) -> int:
     from service.critic import Critic
 
     critic = Critic.from_pretrained(settings.model, engine=settings.engine, scoring=settings.scoring,
+                                    critic=settings.critic, critic_variant=settings.critic_variant,
+                                    parse_failure_value=settings.parse_failure_value,
                                     **settings.engine_options())
     failed: list[BaseException] = []
 

@@ -149,3 +149,15 @@ class ModelLoadError(LiftError):
 
 class AnswerParseError(LiftError):
     code = "answer_parse_error"
+
+
+class UnparsableAnswer(AnswerParseError):
+    """A critic that writes its scores as text wrote none that its parser reads (a missing dimension, no number):
+    that sample fails, with the text, rather than getting a made-up number (unless the deployment sets a
+    failure value). Not the client's input at fault, and not worth retrying: the same greedy answer comes back."""
+
+    code = "unparsable_answer"
+
+    def __init__(self, message: str, *, text: str = "", param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.text = text

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.errors import InvalidVideo, VideoTooLarge
-from service.media import MediaLimits, VideoFrames, sample_indices
+from service.media import FrameSampler, MediaLimits, VideoFrames, sample_indices
 from service.rubric import DEFAULT_NUM_FRAMES
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -151,17 +151,33 @@ def check_fps(fps: float | None, *, param: str = "video.fps") -> float:
     return value
 
 
-def _sampled(video: np.ndarray, channels_first: bool, n: int, fps: float) -> VideoFrames:
+def _sampled(video: np.ndarray, channels_first: bool, n: int, fps: float,
+             sampler: FrameSampler | None = None) -> VideoFrames:
     """One video (T, H, W, 3) or (3, T, H, W) -> its N sampled frames, copied out as (N, H, W, 3) uint8."""
     total = video.shape[1] if channels_first else video.shape[0]
-    idx = sample_indices(total, n)
+    idx = _indices(total, n, fps, sampler)
     picked = video[:, idx].transpose(1, 2, 3, 0) if channels_first else video[idx]
-    return VideoFrames(np.ascontiguousarray(picked, dtype=np.uint8), idx, total, fps, total / fps, codec="npy")
+    return _marked(VideoFrames(np.ascontiguousarray(picked, dtype=np.uint8), idx, total, fps, total / fps,
+                               codec="npy"), sampler)
+
+
+def _indices(total: int, n: int, fps: float, sampler: FrameSampler | None) -> list[int]:
+    if total < 1:
+        raise InvalidVideo("video has no frames")
+    return sampler(total, fps) if sampler is not None else sample_indices(total, n)
+
+
+def _marked(video: VideoFrames, sampler: FrameSampler | None) -> VideoFrames:
+    # frames a critic's own rule picked (service.critics.spec.FrameRule): the critic does not sample them again
+    if sampler is not None:
+        video.extra["sampled_by"] = getattr(sampler, "rule", "critic")
+    return video
 
 
 def videos_from_array(arr: np.ndarray, *, num_frames: int = DEFAULT_NUM_FRAMES, fps: float | None = None,
                       limits: MediaLimits | None = None, batch: bool | None = None,
-                      param: str = "video", fps_param: str = "video.fps") -> list[VideoFrames]:
+                      param: str = "video", fps_param: str = "video.fps",
+                      sampler: FrameSampler | None = None) -> list[VideoFrames]:
     """uint8 frames in any accepted layout -> one sampled `VideoFrames` per video (a batch gives B)."""
     limits = limits or MediaLimits()
     fps_value = check_fps(fps, param=fps_param)
@@ -173,13 +189,14 @@ def videos_from_array(arr: np.ndarray, *, num_frames: int = DEFAULT_NUM_FRAMES, 
         raise InvalidVideo("the batch holds no videos", param=param)
     check_frame_limits(t, h, w, fps_value, limits, param=param)
     if layout == "THWC":
-        return [_sampled(arr, False, num_frames, fps_value)]
-    return [_sampled(arr[i], layout == "BCTHW", num_frames, fps_value) for i in range(b)]
+        return [_sampled(arr, False, num_frames, fps_value, sampler)]
+    return [_sampled(arr[i], layout == "BCTHW", num_frames, fps_value, sampler) for i in range(b)]
 
 
 def videos_from_npy(data: bytes, *, num_frames: int = DEFAULT_NUM_FRAMES, fps: float | None = None,
                     limits: MediaLimits | None = None, max_bytes: int | None = None, batch: bool | None = None,
-                    param: str = "video", fps_param: str = "video.fps") -> list[VideoFrames]:
+                    param: str = "video", fps_param: str = "video.fps",
+                    sampler: FrameSampler | None = None) -> list[VideoFrames]:
     """`.npy` bytes of uint8 frames -> sampled videos. Everything is checked on the header first."""
     limits = limits or MediaLimits()
     cap = max_bytes if max_bytes is not None else limits.max_bytes
@@ -192,12 +209,13 @@ def videos_from_npy(data: bytes, *, num_frames: int = DEFAULT_NUM_FRAMES, fps: f
     _, t, h, w = _dims(header.shape, layout)
     check_frame_limits(t, h, w, check_fps(fps, param=fps_param), limits, param=param)
     return videos_from_array(load_npy(data, header, param=param), num_frames=num_frames, fps=fps, limits=limits,
-                             batch=batch, param=param, fps_param=fps_param)
+                             batch=batch, param=param, fps_param=fps_param, sampler=sampler)
 
 
 def video_from_images(images: Sequence[bytes], *, num_frames: int = DEFAULT_NUM_FRAMES, fps: float | None = None,
                       limits: MediaLimits | None = None, max_bytes: int | None = None,
-                      param: str = "video.frames", fps_param: str = "video.fps") -> VideoFrames:
+                      param: str = "video.frames", fps_param: str = "video.fps",
+                      sampler: FrameSampler | None = None) -> VideoFrames:
     """PNG / JPEG images, one per frame -> the sampled video. Headers of all, pixels of the sampled only."""
     from PIL import Image
 
@@ -228,7 +246,7 @@ def video_from_images(images: Sequence[bytes], *, num_frames: int = DEFAULT_NUM_
             check_frame_limits(len(images), this[1], this[0], fps_value, limits, param=param)
         elif this != size:
             raise InvalidVideo(f"frame {i} is {this[0]}x{this[1]} but frame 0 is {size[0]}x{size[1]}", param=where)
-    idx = sample_indices(len(images), num_frames)
+    idx = _indices(len(images), num_frames, fps_value, sampler)
     decoded: dict[int, np.ndarray] = {}
     for i in sorted(set(idx)):
         try:
@@ -237,7 +255,7 @@ def video_from_images(images: Sequence[bytes], *, num_frames: int = DEFAULT_NUM_
         except Exception:  # noqa: BLE001 - a truncated body passes the header check; any decode failure is the input's
             raise InvalidVideo(f"frame {i} could not be decoded (truncated or corrupt)", param=f"{param}.{i}") from None
     frames = np.stack([decoded[i] for i in idx])
-    return VideoFrames(frames, idx, len(images), fps_value, len(images) / fps_value, codec="images")
+    return _marked(VideoFrames(frames, idx, len(images), fps_value, len(images) / fps_value, codec="images"), sampler)
 
 
 def b64_bytes(text: str, max_bytes: int, *, param: str) -> bytes:

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import get_args
+from service.protocol import DimensionGroupStats, GroupStats, ScoreResponse, SpreadStats
+from service.rubric import DIMENSION_NAMES
 
-from service.protocol import DimensionGroupStats, DimensionName, GroupStats, ScoreResponse, SpreadStats
-
-DIMENSIONS: tuple[str, ...] = get_args(DimensionName)
 # Values within this of each other are "equal": GRPO divides by (std + eps), eps 1e-4 in TRL, so a spread below
 # this gives advantages of ~1e-2 or less; it also absorbs a batch's float noise on the same video.
 ZERO_SPREAD_TOL = 1e-6
@@ -29,23 +27,29 @@ def spread(values: Sequence[float]) -> SpreadStats:
     return SpreadStats(mean=mean, std=std, zero_spread=max(values) - min(values) <= ZERO_SPREAD_TOL)
 
 
-def stat_keys() -> tuple[str, ...]:
-    """The numbers a group is summarised on, as the metrics label them (`key`)."""
-    return ("reward", "expected_reward", *(f"{d}.{part}" for d in DIMENSIONS for part in ("score", "expected_score")))
+def stat_keys(dimensions: Sequence[str] = DIMENSION_NAMES) -> tuple[str, ...]:
+    """The numbers a group is summarised on, as the metrics label them (`key`), for a critic's dimensions."""
+    return ("reward", "expected_reward", *(f"{d}.{part}" for d in dimensions for part in ("score", "expected_score")))
 
 
 def group_stats(results: Sequence[ScoreResponse | None]) -> GroupStats:
     """One group's items, each its response or None where it failed."""
     ok = [r for r in results if r is not None]
+    dimensions = list(dict.fromkeys(d for r in ok for d in r.dimensions))  # the critic's, in its order
     return GroupStats(
         n=len(results), scored=len(ok), failed=len(results) - len(ok),
         reward=spread([r.reward for r in ok]),
-        expected_reward=spread([r.expected_reward for r in ok]),
-        dimensions={d: DimensionGroupStats(  # type: ignore[misc]
-            score=spread([r.dimensions[d].score for r in ok]),  # type: ignore[index]
-            expected_score=spread([r.dimensions[d].expected_score for r in ok]),  # type: ignore[index]
-        ) for d in DIMENSIONS},
+        expected_reward=spread(_known(r.expected_reward for r in ok)),
+        dimensions={d: DimensionGroupStats(
+            score=spread([r.dimensions[d].score for r in ok if d in r.dimensions]),
+            expected_score=spread(_known(r.dimensions[d].expected_score for r in ok if d in r.dimensions)),
+        ) for d in dimensions},
     )
+
+
+def _known(values: Iterable[float | None]) -> list[float]:
+    """A critic without probabilities has no expected scores: their statistics are null, not over zeros."""
+    return [v for v in values if v is not None]
 
 
 def batch_groups(items: Iterable[tuple[str | None, ScoreResponse | None]]) -> dict[str, GroupStats]:
@@ -58,7 +62,7 @@ def batch_groups(items: Iterable[tuple[str | None, ScoreResponse | None]]) -> di
 
 
 def spreads_by_key(stats: GroupStats) -> dict[str, SpreadStats]:
-    """The group's statistics flat, under `stat_keys()`."""
+    """The group's statistics flat: reward, expected_reward, and `<dimension>.score` / `.expected_score`."""
     out = {"reward": stats.reward, "expected_reward": stats.expected_reward}
     for d, ds in stats.dimensions.items():
         out[f"{d}.score"] = ds.score

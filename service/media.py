@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,12 +122,18 @@ def _check_limits(probe: _Probe, limits: MediaLimits) -> None:
         raise VideoTooLarge(f"{declared} frames is over the limit of {limits.max_frames}", param="video")
 
 
+FrameSampler = Callable[[int, float], list[int]]  # (total frames, video fps) -> the frame indices to keep
+
+
 def decode_video(
     source: bytes | str | os.PathLike[str],
     num_frames: int = DEFAULT_NUM_FRAMES,
     limits: MediaLimits | None = None,
+    *,
+    sampler: FrameSampler | None = None,
 ) -> VideoFrames:
-    """Decode `num_frames` frames sampled LiFT's way from a video given as bytes or a file path.
+    """Decode `num_frames` frames sampled LiFT's way from a video given as bytes or a file path (or the frames
+    `sampler` picks: another critic's rule, service.critics.spec.FrameRule).
 
     Raises InvalidVideo (not a video, broken, empty, an image), VideoTooLarge (over a limit) or
     MediaNotFound (no such file). Blocking: call it off the event loop.
@@ -158,24 +165,27 @@ def decode_video(
         total = len(reader)
         if total > limits.max_frames:
             raise VideoTooLarge(f"{total} frames is over the limit of {limits.max_frames}", param="video")
-        indices = sample_indices(total, num_frames)
-        frames = reader.get_batch(indices).asnumpy()
         fps = float(reader.get_avg_fps() or probe.fps)
+        indices = sampler(total, fps) if sampler is not None else sample_indices(total, num_frames)
+        frames = reader.get_batch(indices).asnumpy()
     except decord.DECORDError as exc:
         raise InvalidVideo(f"the video could not be decoded: {str(exc).splitlines()[0][:200]}", param="video") from None
     except (RuntimeError, IndexError) as exc:  # decord raises these for truncated streams
         raise InvalidVideo(f"the video could not be decoded ({type(exc).__name__})", param="video") from None
-    if frames.ndim != 4 or frames.shape[0] != num_frames or frames.shape[-1] != 3:
+    if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:
         raise InvalidVideo(f"decoder returned frames of unexpected shape {frames.shape}", param="video")
     duration = probe.duration_s or (total / fps if fps else 0.0)
     return VideoFrames(np.ascontiguousarray(frames, dtype=np.uint8), indices, total, fps, duration, probe.codec)
 
 
-def frames_from_array(frames: np.ndarray, num_frames: int = DEFAULT_NUM_FRAMES, fps: float = 8.0) -> VideoFrames:
+def frames_from_array(frames: np.ndarray, num_frames: int = DEFAULT_NUM_FRAMES, fps: float = 8.0, *,
+                      sampler: FrameSampler | None = None) -> VideoFrames:
     """Already-decoded frames (T, H, W, 3) uint8 -> the same sampling as a decoded file."""
     arr = np.asarray(frames)
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise InvalidVideo(f"frames must have shape (T, H, W, 3), got {arr.shape}")
-    indices = sample_indices(arr.shape[0], num_frames)
+    if arr.shape[0] < 1:
+        raise InvalidVideo("video has no frames")
+    indices = sampler(arr.shape[0], fps) if sampler is not None else sample_indices(arr.shape[0], num_frames)
     out = np.ascontiguousarray(arr[indices], dtype=np.uint8)
     return VideoFrames(out, indices, int(arr.shape[0]), fps, arr.shape[0] / fps)

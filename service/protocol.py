@@ -75,17 +75,33 @@ class ScoreRequest(BaseModel):
 
 
 class LabelProbabilities(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # another critic's probabilities are a plain mapping
+
     Good: float
     Normal: float
     Bad: float
 
 
 class DimensionScore(BaseModel):
-    label: Label
-    score: float = Field(..., description="LiFT's score of the label: Good 0.9, Normal 0.2, Bad 0.05.")
-    expected_score: float = Field(..., description="Sum over labels of p(label) x score(label).")
-    probabilities: LabelProbabilities
-    rationale: str | None = Field(..., description="The critic's reason; null when options.rationale was false.")
+    """One dimension, the same shape for every critic (service.critics)."""
+
+    label: str | None = Field(..., description="LiFT: Good/Normal/Bad. Cosmos-Reason1: Yes/No (the likelier). "
+                              "null for critics that write numbers.")
+    score: float = Field(..., description="On [0, 1], 1 best. LiFT: the label's score (Good 0.9, Normal 0.2, "
+                         "Bad 0.05). Others: `value` mapped from the critic's scale.")
+    expected_score: float | None = Field(..., description="LiFT: sum over labels of p(label) x score(label). Others: "
+                                         "the soft score mapped to [0, 1], where the critic's answer has token "
+                                         "probabilities; null where it has none.")
+    probabilities: LabelProbabilities | dict[str, float] | None = Field(
+        ..., union_mode="left_to_right", description="LiFT: over its labels. Cosmos-Reason1: over Yes/No. Number-writing critics: over the "
+        "digits at the step that wrote this dimension's number. null where there are none.")
+    rationale: str | None = Field(..., description="The critic's reason (or whole answer, for critics that write "
+                                  "their numbers in text); null when none was generated.")
+    value: float | None = Field(None, description="On the critic's own scale (`/v1/models` lists each scale): LiFT "
+                                "the label's score, Cosmos-Reason1 P(No), VideoScore2 and UnifiedReward the number "
+                                "written (1-5). null when the answer could not be read and no failure value is set.")
+    parsed: bool = Field(True, description="false: the critic's answer had no number for this dimension and the "
+                         "deployment's failure value (LIFT_PARSE_FAILURE_VALUE) stands in; `rationale` has the text.")
 
 
 class CriticProvenance(BaseModel):
@@ -93,6 +109,9 @@ class CriticProvenance(BaseModel):
 
     name: str = Field(..., description="The served model name (`lift serve --model-name`, else the folder's name).")
     family: str = Field(..., description="The critic family (qwen2_vl, vila).")
+    critic: str = Field("lift", description="Which critic's questions and reading (service.critics).")
+    source: str | None = Field(None, description="Where that critic's prompt and reading come from "
+                               "(repository@commit, file); null for LiFT (service.rubric cites its sources).")
     digest: str | None = Field(None, description="sha256 of the checkpoint folder: small files (config.json, the "
                                "weights index, tokenizer, templates) whole, every file's name and size, and sampled "
                                "blocks of each large file (weights are not read whole). null: not a local folder.")
@@ -102,15 +121,15 @@ class RubricProvenance(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     digest: str = Field(..., description="sha256 of the dimensions' questions and the labels' scores "
-                        "(service.rubric).")
+                        "(service.rubric); for another critic, of its queries, channels and frame rule.")
 
 
 class FramesProvenance(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     count: int = Field(..., description="Frames sampled from the video (options.num_frames or the default).")
-    rule: Literal["linspace"] = Field("linspace", description="Which frames: linspace(0, total-1, count), "
-                                      "rounded down, as LiFT.")
+    rule: str = Field("linspace", description="Which frames: 'linspace' (linspace(0, total-1, count), rounded "
+                      "down, as LiFT), or another critic's rule (service.critics.spec.FrameRule: floor, fps, stride).")
     short_clip: str = Field(..., description="A clip shorter than `count`: 'repeat' (the sampled frames, repeats "
                             "included) or 'distinct' (the frames it has, once each; LiFT's VILA loader).")
 
@@ -153,12 +172,17 @@ class Provenance(BaseModel):
 class ScoreResponse(BaseModel):
     id: str
     model: str
-    reward: float = Field(..., description="Mean of the three dimension scores (LiFT Eq. 2).")
-    expected_reward: float = Field(..., description="Mean of the three expected scores.")
+    critic: str = Field("lift", description="Which critic answered (service.critics): lift, cosmos-reason1, "
+                        "videoscore2, unifiedreward.")
+    reward: float = Field(..., description="As the critic defines it; LiFT: mean of the three dimension scores "
+                          "(LiFT Eq. 2). On [0, 1].")
+    expected_reward: float | None = Field(..., description="The same over the expected scores (LiFT: mean of the "
+                                          "three); null for a critic whose answer has no probabilities.")
     num_frames: int
     scoring: Literal["label", "lift"] = Field("label", description="The rule that read the labels (options.scoring).")
     rationale: bool = Field(True, description="Whether reasons were generated (options.rationale); false: reward-only.")
-    dimensions: dict[DimensionName, DimensionScore]
+    dimensions: dict[str, DimensionScore] = Field(..., description="The critic's dimensions (LiFT: "
+                                                  "semantic_consistency, motion_smoothness, video_fidelity).")
     timings_ms: dict[str, float] = Field(default_factory=dict)
     frames: list[str] | None = Field(None, description="base64 JPEG thumbnails, when options.return_frames.")
     provenance: Provenance | None = Field(None, description="What produced this score: critic, rubric, frames, "
@@ -219,7 +243,7 @@ class GroupStats(BaseModel):
     failed: int = Field(..., description="Items answered with an error (left out of the statistics).")
     reward: SpreadStats
     expected_reward: SpreadStats
-    dimensions: dict[DimensionName, DimensionGroupStats]
+    dimensions: dict[str, DimensionGroupStats]
 
 
 class BatchScoreResponse(BaseModel):
@@ -229,10 +253,19 @@ class BatchScoreResponse(BaseModel):
         "raw: the service does not normalise (the trainer does). Empty when no item names a group.")
 
 
+class DimensionCard(BaseModel):
+    description: str
+    scale: tuple[float, float] = Field(..., description="(worst, best) of `value` on the critic's own scale.")
+
+
 class ModelCard(BaseModel):
     id: str
     family: str
     engine: str
+    critic: str = "lift"
+    dimensions: dict[str, DimensionCard] = Field(default_factory=dict)
+    reward: str = ""
+    source: str = ""
     rubric: dict[str, str]
     labels: dict[str, float]
     num_frames: int

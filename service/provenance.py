@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from service.protocol import (
     CriticProvenance,
@@ -51,6 +52,21 @@ def rubric_digest() -> str:
     """sha256 of the questions (verbatim, in order) and the label -> score map."""
     data = {"dimensions": [[d.name, d.question] for d in DIMENSIONS], "labels": LABEL_SCORES}
     return "sha256:" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def spec_digest(spec: Any) -> str:
+    """sha256 of what a critic asks and how it reads the answers (service.critics): its queries' texts, channels
+    and decoding, its frame and pixel rules, its reward rule's description."""
+    data = {"name": spec.name, "media": repr(spec.media), "reward": spec.reward_doc,
+            "queries": [[q.system, q.user, list(q.dimensions), q.media_first, repr(q.decoding),
+                         type(q.channel).__name__, _channel_data(q.channel)] for q in spec.queries]}
+    return "sha256:" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _channel_data(channel: Any) -> str:
+    # a parser is code: its qualified name stands for it
+    fields = {k: (getattr(v, "__qualname__", None) or repr(v)) for k, v in vars(channel).items()}
+    return json.dumps(fields, sort_keys=True)
 
 
 def checkpoint_digest(model_dir: str | os.PathLike[str]) -> str | None:
@@ -104,22 +120,27 @@ class CriticIdentity:
     server: ServerProvenance
     short_clip: str
 
+    frame_rule: str = "linspace"
+
     @classmethod
     def build(cls, *, name: str, family: str, model_dir: str | os.PathLike[str], engine: str, dtype: str,
-              short_clip: str) -> "CriticIdentity":
+              short_clip: str, spec: Any = None) -> "CriticIdentity":
+        lift = spec is None or spec.name == "lift"
         return cls(
-            critic=CriticProvenance(name=name, family=family, digest=checkpoint_digest(model_dir)),
-            rubric=RubricProvenance(digest=rubric_digest()),
+            critic=CriticProvenance(name=name, family=family, digest=checkpoint_digest(model_dir),
+                                    critic="lift" if lift else spec.name, source=None if lift else spec.source),
+            rubric=RubricProvenance(digest=rubric_digest() if lift else spec_digest(spec)),
             engine=EngineProvenance(name=engine, dtype=dtype),
             server=ServerProvenance(version=server_version()),
             short_clip=short_clip,
+            frame_rule="linspace" if lift else spec.media.frames.kind.replace("count", "linspace"),
         )
 
     def provenance(self, *, num_frames: int, temperature: float, seed: int | None, max_tokens: int, scoring: str,
                    rationale: bool) -> Provenance:
         return Provenance(
             critic=self.critic, rubric=self.rubric, engine=self.engine, server=self.server,
-            frames=FramesProvenance(count=num_frames, short_clip=self.short_clip),
+            frames=FramesProvenance(count=num_frames, short_clip=self.short_clip, rule=self.frame_rule),
             sampling=SamplingProvenance(temperature=temperature, seed=seed, max_tokens=max_tokens,
                                         scoring=scoring, rationale=rationale),  # type: ignore[arg-type]
         )

@@ -30,7 +30,7 @@ class Adapter(Protocol):
 
 def build_adapters(service: Any) -> list[Adapter]:
     """The adapters the service's settings switch on, in the order named."""
-    selection = RewardSelection.parse(service.settings.adapter_reward)
+    selection = RewardSelection.parse(service.settings.adapter_reward, service.critic_dimensions)
     out: list[Adapter] = []
     for name in service.settings.adapters:
         if name == "flow-factory":

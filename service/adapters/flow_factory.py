@@ -79,7 +79,7 @@ class FlowFactoryAdapter:
         kwargs = data.get("kwargs") if isinstance(data.get("kwargs"), dict) else {}
         if kwargs.get("reward") is not None:
             try:
-                selection = RewardSelection.parse(str(kwargs["reward"]))
+                selection = RewardSelection.parse(str(kwargs["reward"]), self.service.critic_dimensions)
             except InvalidRequest as exc:
                 raise ValidationFailed(exc.message, param="kwargs.reward") from None
         fps = kwargs.get("fps")

@@ -38,14 +38,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.adapters.selection import DIMENSIONS, TOP_LEVEL, RewardSelection, all_scores
+from service.adapters.selection import RewardSelection, all_scores, reward_names
 from service.app.errors import ValidationFailed, error_response, status_of
 from service.errors import InvalidRequest, LiftError, Overloaded, UnsupportedMedia
 from service.fetch import decode_base64, resolve_path
 from service.protocol import MAX_PROMPT_CHARS, ScoreOptions, ScoreResponse
 
 REWARD_FN = "lift"  # carries LIFT_ADAPTER_REWARD: the name a trainer puts in required_rewards
-REWARDS: tuple[str, ...] = (REWARD_FN, *TOP_LEVEL, *DIMENSIONS, *(f"{d}.score" for d in DIMENSIONS))
 MAX_SAMPLES = 256  # one call's requests (its client's batch_size is 8 by default)
 
 
@@ -69,6 +68,8 @@ class UniRLAdapter:
     def __init__(self, service: Any, selection: RewardSelection) -> None:
         self.service = service
         self.selection = selection
+        # the names a trainer may ask for: ours, then every number of the deployment's critic
+        self.rewards: tuple[str, ...] = (REWARD_FN, *reward_names(service.critic_dimensions))
         self.router = self._routes()
 
     async def aclose(self) -> None:
@@ -93,8 +94,8 @@ class UniRLAdapter:
                 raise ValidationFailed(f"request {i}: 'required_rewards' must be a list of reward names",
                                        param=f"{p}.required_rewards")
             for j, n in enumerate(names):
-                if n not in REWARDS:  # UniRL's server answers 400 for the whole batch; so do we
-                    raise InvalidRequest(f"unknown reward: {n}. available: {list(REWARDS)}",
+                if n not in self.rewards:  # UniRL's server answers 400 for the whole batch; so do we
+                    raise InvalidRequest(f"unknown reward: {n}. available: {list(self.rewards)}",
                                          param=f"{p}.required_rewards.{j}")
             if req.get("metadata") is not None and not isinstance(req["metadata"], dict):
                 raise ValidationFailed(f"request {i}: 'metadata' must be an object or null", param=f"{p}.metadata")
@@ -186,7 +187,7 @@ class UniRLAdapter:
         if not service.alive:  # a failed load or a dead engine: its client's is_available() reads False
             return error_response(service.readiness_error())
         state = "ready" if service.ready else "loading"  # 200 while loading, as our own /health; /score says 503
-        return JSONResponse({"status": "ok", "rewards": {n: [f"{n}:{state}"] for n in REWARDS}})
+        return JSONResponse({"status": "ok", "rewards": {n: [f"{n}:{state}"] for n in self.rewards}})
 
     def _routes(self) -> APIRouter:
         from service.app.routes import _read_json
@@ -195,7 +196,7 @@ class UniRLAdapter:
         service = self.service
 
         @router.post("/score", summary="UniRL reward service: {requests: [{history, required_rewards}]} -> "
-                     "{results, errors}", openapi_extra=_SCORE_BODY)
+                     "{results, errors}", openapi_extra=_score_body(self.rewards))
         async def score(request: Request) -> Response:
             async with service.admission.admit():
                 data = await _read_json(request)
@@ -220,12 +221,13 @@ class UniRLAdapter:
 
         @router.get("/rewards", summary="UniRL reward service: the reward names /score computes")
         async def rewards() -> Response:
-            return JSONResponse({"rewards": list(REWARDS)})
+            return JSONResponse({"rewards": list(self.rewards)})
 
         return router
 
 
-_SCORE_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+def _score_body(rewards: tuple[str, ...]) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["requests"],
     "properties": {"requests": {"type": "array", "items": {
         "type": "object", "required": ["history", "required_rewards"],
@@ -239,6 +241,6 @@ _SCORE_BODY = {"requestBody": {"required": True, "content": {"application/json":
                                            "description": "A video file under LIFT_MEDIA_ROOT."},
                             "image_b64": {"type": "string", "nullable": True,
                                           "description": "Not scored: the critic judges videos."}}}},
-            "required_rewards": {"type": "array", "items": {"type": "string", "enum": list(REWARDS)}},
+            "required_rewards": {"type": "array", "items": {"type": "string", "enum": list(rewards)}},
             "metadata": {"type": "object", "nullable": True, "description": "Accepted and ignored."},
         }}}}}}}}}

@@ -37,6 +37,7 @@ from service.errors import (
     Overloaded,
     RequestTimeout,
     Unauthorized,
+    UnparsableAnswer,
     UnsupportedMedia,
     VideoTooLarge,
 )
@@ -106,6 +107,7 @@ STATUS: dict[type[LiftError], int] = {
     EngineError: 503,
     EngineDead: 503,
     EngineStartError: 503,
+    UnparsableAnswer: 422,
     AnswerParseError: 503,
     ModelLoadError: 503,
     RequestTimeout: 504,

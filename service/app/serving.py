@@ -37,7 +37,7 @@ from service.errors import (
 from service.fetch import FetchPolicy, MediaConnector, decode_base64, resolve_path
 from service.frames import b64_bytes, is_npy, video_from_images, videos_from_npy
 from service.media import MediaLimits, VideoFrames
-from service.rubric import DEFAULT_NUM_FRAMES
+from service.rubric import DEFAULT_NUM_FRAMES, DIMENSION_NAMES as DIMENSIONS
 from service.groups import batch_groups
 from service.protocol import (
     MAX_GROUP_ID_CHARS,
@@ -167,6 +167,12 @@ class ScoringService:
         # Repeats (same key, same content) get the first answer (service.app.idempotency); routes and adapters use it
         self.idempotency = Idempotency.from_settings(settings, metrics, lambda: deployment_namespace(settings, critic))
 
+    @property
+    def critic_dimensions(self) -> tuple[str, ...]:
+        """The deployment's critic's dimensions (what LIFT_ADAPTER_REWARD and the adapters may name)."""
+        spec = getattr(self.critic, "spec", None)
+        return spec.dimension_names if spec is not None else DIMENSIONS
+
     # -- lifecycle -----------------------------------------------------------------------------------
     async def startup(self) -> None:
         if self.critic.ready:
@@ -258,13 +264,18 @@ class ScoringService:
                             batch: bool | None = False, param: str = "video", fps_param: str = "video.fps") -> list[VideoFrames]:
         return await asyncio.to_thread(
             videos_from_npy, data, num_frames=self.num_frames_for(options), fps=fps, limits=self.frame_limits,
-            batch=batch, param=param, fps_param=fps_param)
+            batch=batch, param=param, fps_param=fps_param, sampler=self.frame_sampler(options))
 
     async def video_of_images(self, images: list[bytes], options: ScoreOptions, *, fps: float | None = None,
                               param: str = "video.frames", fps_param: str = "video.fps") -> VideoFrames:
         return await asyncio.to_thread(
             video_from_images, images, num_frames=self.num_frames_for(options), fps=fps, limits=self.frame_limits,
-            param=param, fps_param=fps_param)
+            param=param, fps_param=fps_param, sampler=self.frame_sampler(options))
+
+    def frame_sampler(self, options: ScoreOptions) -> Any:
+        """The critic's own frame rule for frames sent as arrays or images (None: LiFT's linspace count)."""
+        sampler = getattr(self.critic, "frame_sampler", None)
+        return sampler(options.num_frames) if sampler is not None else None
 
     async def _video_of(self, request: ScoreRequest, prefix: str) -> bytes | Path | VideoFrames:
         src = request.video

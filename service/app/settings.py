@@ -29,6 +29,17 @@ class ServiceSettings(BaseSettings):
 
     model: Path | None = Field(None, description="Critic checkpoint folder.")
     engine: Literal["vllm", "transformers"] = Field("vllm", description="Inference engine.")
+    critic: Literal["lift", "cosmos-reason1", "videoscore2", "unifiedreward"] = Field(
+        "lift", description="What the checkpoint is, so what it is asked and how its answers are read "
+        "(service.critics): lift (LiFT-Critic), cosmos-reason1, videoscore2, unifiedreward.")
+    critic_variant: str | None = Field(
+        None, description="One of the critic's documented alternatives (cosmos-reason1: 'caption', the default, "
+        "sends the caption as Cosmos-RL's reward service does; 'question' asks the fixed anomaly question the model "
+        "was trained with).")
+    parse_failure_value: float | None = Field(
+        None, description="For critics that write their scores as text (videoscore2, unifiedreward): the value (on "
+        "the critic's own scale) a dimension gets when the answer has no number for it. Unset (the default for "
+        "every critic): the sample fails with 422 unparsable_answer and the text; a batch item fails alone.")
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8000, ge=0, le=65535, description="Bind port (0 = any free port).")
     demo: bool = Field(False, description="Serve the tiny random demo critic (built on first use).")
@@ -111,7 +122,13 @@ class ServiceSettings(BaseSettings):
         from service.errors import InvalidRequest
 
         try:
-            RewardSelection.parse(self.adapter_reward)
+            from service.critics import load_spec
+
+            try:
+                spec = load_spec(self.critic, self.critic_variant)
+            except ValueError as exc:
+                raise ValueError(f"LIFT_CRITIC_VARIANT: {exc}") from None
+            RewardSelection.parse(self.adapter_reward, spec.dimension_names)
         except InvalidRequest as exc:
             raise ValueError(f"LIFT_ADAPTER_REWARD: {exc.message}") from None
         if self.latent_vae is not None:

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from service.families.base import ChatPrompt
 from service.media import VideoFrames
 from service.rubric import DIMENSION_NAMES, LABELS
 
@@ -54,6 +55,28 @@ class DimensionAnswer:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class ProbeResult:
+    """Probabilities of candidate continuations of a prompt, each scored as its whole token sequence and
+    renormalised over the candidates (softmax over just their log-probs)."""
+
+    probabilities: dict[str, float]
+    logprobs: dict[str, float]  # unconstrained (full-vocabulary) log-prob of each candidate's sequence
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass
+class GeneratedText:
+    """An answer generated after a prompt, with the full-vocabulary log-probs of chosen tokens at every step."""
+
+    text: str
+    token_ids: list[int]
+    step_logprobs: list[dict[int, float]]  # per generated step: token id -> log-prob (the ids asked for)
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+
 @runtime_checkable
 class CriticEngine(Protocol):
     name: str
@@ -63,7 +86,15 @@ class CriticEngine(Protocol):
 
     async def start(self) -> None: ...
 
-    async def generate(self, query: CriticQuery) -> list[DimensionAnswer]: ...
+    async def generate(self, query: CriticQuery) -> list[DimensionAnswer]:
+        """LiFT's label channel: per dimension, the label round then the reason (service.critics.lift)."""
+        ...
+
+    # primitives any critic is built from (service.critics.runner); they know nothing of any one critic
+    async def probe(self, chat: ChatPrompt, video: VideoFrames, candidates: dict[str, list[int]]) -> ProbeResult: ...
+
+    async def generate_text(self, chat: ChatPrompt, video: VideoFrames, *, max_tokens: int, temperature: float = 0.0,
+                            seed: int | None = None, logprob_token_ids: list[int] | None = None) -> GeneratedText: ...
 
     async def stop(self) -> None: ...
 

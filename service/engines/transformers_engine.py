@@ -13,9 +13,18 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from service.engines.base import CriticQuery, DimensionAnswer, SamplingOptions, clean_reason, select_label
+from service.engines.base import (
+    CriticQuery,
+    DimensionAnswer,
+    GeneratedText,
+    ProbeResult,
+    SamplingOptions,
+    clean_reason,
+    select_label,
+)
 from service.errors import EngineError, EngineNotReady
-from service.families.base import CriticFamily, label_prefixes, sequence_probabilities
+from service.families.base import ChatPrompt, CriticFamily, label_prefixes, sequence_probabilities
+from service.media import VideoFrames
 
 
 class TransformersEngine:
@@ -69,6 +78,69 @@ class TransformersEngine:
                 return [self._answer(d, query) for d in query.dimensions]
             except (RuntimeError, ValueError) as exc:
                 raise EngineError(f"transformers engine failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+
+    # ---- primitives (service.critics.runner), computed as the vLLM engine computes them ----
+    async def probe(self, chat: ChatPrompt, video: VideoFrames, candidates: dict[str, list[int]]) -> ProbeResult:
+        return await self._locked(self._probe_sync, chat, video, candidates)
+
+    async def generate_text(self, chat: ChatPrompt, video: VideoFrames, *, max_tokens: int, temperature: float = 0.0,
+                            seed: int | None = None, logprob_token_ids: list[int] | None = None) -> GeneratedText:
+        return await self._locked(self._generate_text_sync, chat, video, max_tokens, temperature, seed,
+                                  logprob_token_ids or [])
+
+    async def _locked(self, fn: Any, *args: Any) -> Any:
+        if not self.ready:
+            raise EngineNotReady("the transformers engine is not loaded")
+
+        def run() -> Any:
+            with self._lock:
+                try:
+                    return fn(*args)
+                except (RuntimeError, ValueError) as exc:
+                    raise EngineError(f"transformers engine failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+
+        return await asyncio.to_thread(run)
+
+    def _inputs(self, chat: ChatPrompt, video: VideoFrames) -> dict[str, Any]:
+        inputs = self.family.hf_chat(chat, video)  # type: ignore[attr-defined]
+        return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+
+    def _probe_sync(self, chat: ChatPrompt, video: VideoFrames, candidates: dict[str, list[int]]) -> ProbeResult:
+        import torch
+
+        inputs = self._inputs(chat, video)
+        logprobs: dict[tuple[int, ...], dict[int, float]] = {}
+        with torch.inference_mode():
+            for prefix, next_tokens in label_prefixes(candidates).items():
+                lp = torch.log_softmax(self.model(**_extend(inputs, list(prefix))).logits[0, -1].float(), dim=-1)
+                logprobs[prefix] = {t: float(lp[t]) for t in next_tokens}
+        sequence_logprobs = {c: sum(logprobs[tuple(ids[:k])][ids[k]] for k in range(len(ids)))
+                             for c, ids in candidates.items()}
+        return ProbeResult(sequence_probabilities(candidates, logprobs), sequence_logprobs,
+                           prompt_tokens=int(inputs["input_ids"].shape[1]))
+
+    def _generate_text_sync(self, chat: ChatPrompt, video: VideoFrames, max_tokens: int, temperature: float,
+                            seed: int | None, logprob_token_ids: list[int]) -> GeneratedText:
+        import torch
+
+        inputs = self._inputs(chat, video)
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=max_tokens, do_sample=temperature > 0,
+                                      temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
+                                      output_logits=True, return_dict_in_generate=True)
+        new = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        steps = []
+        for logits in out.logits[:len(new)]:  # raw logits, as vLLM's default raw log-probs
+            lp = torch.log_softmax(logits[0].float(), dim=-1)
+            steps.append({t: float(lp[t]) for t in logprob_token_ids})
+        tokenizer = getattr(self.family, "tokenizer")
+        eos = set(_as_list(getattr(self.model.generation_config, "eos_token_id", None)))
+        # vLLM's text leaves the stop token out; so does this
+        shown = new[:-1] if new and new[-1] in eos else new
+        return GeneratedText(text=tokenizer.decode(shown, skip_special_tokens=True), token_ids=new,
+                             step_logprobs=steps, prompt_tokens=int(inputs["input_ids"].shape[1]))
 
     def _answer(self, dimension: str, query: CriticQuery) -> DimensionAnswer:
         import torch
@@ -133,3 +205,9 @@ def _extend(inputs: dict[str, Any], suffix: list[int]) -> dict[str, Any]:
                 tail = torch.zeros((1, len(suffix)), dtype=value.dtype, device=value.device)
             out[key] = torch.cat([value, tail], dim=1)
     return out
+
+
+def _as_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]

@@ -27,6 +27,8 @@ from service.engines.base import (
     REASON_UNPRINTABLE,
     CriticQuery,
     DimensionAnswer,
+    GeneratedText,
+    ProbeResult,
     SamplingOptions,
     clean_reason,
     select_label,
@@ -34,7 +36,8 @@ from service.engines.base import (
 from service.engines.lifeline import mark_engine_owner
 from service.engines.memory import KVCachePlan, plan_kv_cache
 from service.errors import EngineDead, EngineError, EngineNotReady, EngineStartError
-from service.families.base import CriticFamily, PromptInputs, label_prefixes, sequence_probabilities
+from service.families.base import ChatPrompt, CriticFamily, PromptInputs, label_prefixes, sequence_probabilities
+from service.media import VideoFrames
 
 log = logging.getLogger("lift.engine")
 # vLLM's prefix cache reuses whole KV blocks only. With the CPU backend's default of 128 tokens, every request
@@ -64,6 +67,7 @@ class VLLMEngine:
         block_size: int | None = None,
         enforce_eager: bool | None = None,
         seed: int = 0,
+        limit_mm_per_prompt: dict[str, int] | None = None,
         extra_engine_args: dict[str, Any] | None = None,
     ) -> None:
         self.model_dir = str(model_dir)
@@ -73,7 +77,8 @@ class VLLMEngine:
             tensor_parallel_size=tensor_parallel_size, seed=seed, enable_prefix_caching=True,
             # sampling is decided per request here, not by the checkpoint's generation_config.json
             generation_config="vllm",
-            limit_mm_per_prompt=getattr(family, "mm_limits", lambda n: {"video": 1, "image": 0})(max_num_frames),
+            limit_mm_per_prompt=limit_mm_per_prompt
+            or getattr(family, "mm_limits", lambda n: {"video": 1, "image": 0})(max_num_frames),
         )
         if block_size is None and _is_cpu():
             block_size = CPU_BLOCK_SIZE
@@ -169,6 +174,52 @@ class VLLMEngine:
         return list(await asyncio.gather(*(
             self._answer(d, prompts[d], query.sampling, known={(): first} if i == 0 else None)
             for i, d in enumerate(dims))))
+
+    # ---- primitives (service.critics.runner) ----
+    async def probe(self, chat: ChatPrompt, video: VideoFrames, candidates: dict[str, list[int]]) -> ProbeResult:
+        from vllm import SamplingParams
+
+        self._check_running()
+        prompt = self.family.vllm_chat(chat, video)  # type: ignore[attr-defined]
+        prefixes = label_prefixes(candidates)
+        # the shared prefix (system, frames, question) first: the other prefixes' requests then hit the cache
+        order = sorted(prefixes, key=len)
+        first = await self._run(prompt, list(order[0]), SamplingParams(
+            max_tokens=1, temperature=0.0, logprob_token_ids=sorted(prefixes[order[0]]), detokenize=False))
+        rest = await asyncio.gather(*(self._run(prompt, list(p), SamplingParams(
+            max_tokens=1, temperature=0.0, logprob_token_ids=sorted(prefixes[p]), detokenize=False))
+            for p in order[1:]))
+        logprobs: dict[tuple[int, ...], dict[int, float]] = {}
+        for prefix, out in zip(order, [first, *rest]):
+            step = out.outputs[0].logprobs[0]
+            logprobs[prefix] = {tok: step[tok].logprob for tok in prefixes[prefix]}
+        probabilities = sequence_probabilities(candidates, logprobs)
+        sequence_logprobs = {c: sum(logprobs[tuple(ids[:k])][ids[k]] for k in range(len(ids)))
+                             for c, ids in candidates.items()}
+        return ProbeResult(probabilities, sequence_logprobs, prompt_tokens=len(first.prompt_token_ids or []),
+                           cached_tokens=first.num_cached_tokens or 0)
+
+    async def generate_text(self, chat: ChatPrompt, video: VideoFrames, *, max_tokens: int, temperature: float = 0.0,
+                            seed: int | None = None, logprob_token_ids: list[int] | None = None) -> GeneratedText:
+        from vllm import SamplingParams
+
+        self._check_running()
+        prompt = self.family.vllm_chat(chat, video)  # type: ignore[attr-defined]
+        # logprob_token_ids: the full-vocabulary log-probs of exactly these ids at every step (no top-k bound)
+        out = await self._run(prompt, [], SamplingParams(
+            max_tokens=max_tokens, temperature=temperature, seed=seed, logprob_token_ids=logprob_token_ids or None))
+        completion = out.outputs[0]
+        steps: list[dict[int, float]] = []
+        for step in completion.logprobs or []:
+            steps.append({tok: lp.logprob for tok, lp in step.items() if tok in set(logprob_token_ids or [])})
+        return GeneratedText(text=completion.text, token_ids=list(completion.token_ids), step_logprobs=steps,
+                             prompt_tokens=len(out.prompt_token_ids or []), cached_tokens=out.num_cached_tokens or 0)
+
+    def _check_running(self) -> None:
+        if self.dead:
+            raise EngineDead("the vLLM engine died; this process will exit to be restarted")
+        if not self.ready:
+            raise EngineNotReady("the vLLM engine is not running")
 
     def _label_params(self, prefix: tuple[int, ...]) -> Any:
         """One step, the unconstrained log-probs of exactly the tokens that extend `prefix` towards a label."""

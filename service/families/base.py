@@ -22,6 +22,16 @@ class PromptInputs:
     hf_inputs: dict[str, Any] | None = None  # processor outputs for the transformers engine (lazily built)
 
 
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A critic's question as a chat (service.critics): system text, the user's text, where the frames go."""
+
+    user_text: str
+    system: str | None = None  # None: the chat template's default system turn
+    media_first: bool = True
+    present_as: str = "video"  # "video": one video input; "images": one image per frame
+
+
 class CriticFamily(Protocol):
     name: str
     short_clip_rule: str  # how critic_frames treats a clip shorter than the frames asked: repeat | distinct
