@@ -208,6 +208,7 @@ class CosmosRLAdapter:
         options = ScoreOptions(rationale=self.service.settings.adapter_rationale)  # reward-only unless asked
         limits = self.service.frame_limits
         n = self.service.num_frames_for(options)
+        sampler = self.service.frame_sampler(options)  # the critic's own frame rule (None: LiFT's)
 
         def sample() -> list[Any]:
             layout = "BTHWC" if arr.shape[-1] == 3 else "BCTHW"
@@ -215,7 +216,8 @@ class CosmosRLAdapter:
             for i in range(arr.shape[0]):
                 one = arr[i] if layout == "BTHWC" else arr[i].transpose(1, 2, 3, 0)
                 out += videos_from_array(one, num_frames=n, fps=fps[i], limits=limits, batch=False,
-                                         param=f"sample {i}", fps_param=f"video_infos.{i}.video_fps")
+                                         param=f"sample {i}", fps_param=f"video_infos.{i}.video_fps",
+                                         sampler=sampler)
             return out
 
         videos = await asyncio.to_thread(sample)

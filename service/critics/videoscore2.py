@@ -8,7 +8,8 @@ training/SFT/vs2_qwen2_5vl_sft_27k_5e-5_2fps_960_720_8192.yaml and training/RL/r
 - Qwen2.5-VL-7B fine-tune; one user turn: the video (2 fps), then the query (a `string.Template`, the caption
   in `$t2v_prompt`; indented lines, en dashes and trailing spaces as in the file).
 - It writes a rationale (a <think> block) and then "visual quality: N; text-to-video alignment: N;
-  physical/common-sense consistency: N" (1-5), read by its regex (first match, case-insensitive, DOTALL).
+  physical/common-sense consistency: N" (1-5), read by its regex (first match, case-insensitive, DOTALL; one
+  change: a decimal such as 3.5 is read whole, where its `(\d+)` reads 3).
 - Soft score per dimension (vs2_inference.py): at the step that wrote the dimension's digit (found as its code
   finds it: the dimension's name, optionally after "(k) " or a newline, then the first digit after it), the
   probabilities of "1".."5" (full-vocabulary, renormalised over the five); soft = best x p(best), rounded to 4
@@ -47,8 +48,10 @@ DIMENSION_LABELS = {
     "text_alignment": "text-to-video alignment",
     "physical_consistency": "physical/common-sense consistency",
 }
+# its regex, with one change: a decimal is read whole (its `(\d+)` reads "3.5" as 3)
+_N = r"(\d+(?:\.\d+)?)"
 OFFICIAL_PATTERN = re.compile(
-    r"visual quality:\s*(\d+).*?text-to-video alignment:\s*(\d+).*?physical/common-sense consistency:\s*(\d+)",
+    rf"visual quality:\s*{_N}.*?text-to-video alignment:\s*{_N}.*?physical/common-sense consistency:\s*{_N}",
     re.DOTALL | re.IGNORECASE)
 DIGITS = ("1", "2", "3", "4", "5")
 
