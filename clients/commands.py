@@ -99,6 +99,8 @@ def _register_score(sub: Any) -> None:
     _add_server_options(p, "or --model")
     p.add_argument("--model", type=Path, default=None, help="critic checkpoint folder: score locally")
     p.add_argument("--engine", choices=("vllm", "transformers"), default="vllm", help="local engine (with --model)")
+    p.add_argument("--critic", choices=("lift", "cosmos-reason1", "videoscore2", "unifiedreward"), default="lift",
+                   help="what the --model checkpoint is (service.critics; default lift; a server says its own)")
     p.add_argument("--server-path", action="store_true", help="VIDEO is a path on the server (under LIFT_MEDIA_ROOT)")
     _add_score_options(p)
     p.set_defaults(func=score_command)
@@ -146,7 +148,7 @@ def _score_local(args: argparse.Namespace, options: Any) -> Any:
     from service.critic import Critic  # heavy (torch, vllm): only when asked to score locally
 
     async def run() -> Any:
-        critic = Critic.from_pretrained(str(args.model), engine=args.engine)
+        critic = Critic.from_pretrained(str(args.model), engine=args.engine, critic=args.critic)
         # decode before loading the engine: a broken video fails in a second, not after a model load
         frames = critic.decode(video, options.num_frames if options else None)
         await critic.start()

@@ -10,7 +10,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
@@ -73,6 +73,7 @@ class Summary:
     error_codes: Counter = field(default_factory=Counter)
     reward_sum: float = 0.0
     expected_sum: float = 0.0
+    expected_n: int = 0  # records with an expected_reward (a critic without probabilities has none)
     labels: dict[str, Counter] = field(default_factory=lambda: {d: Counter() for d in DIMENSIONS})
     dim_score_sum: dict[str, float] = field(default_factory=lambda: {d: 0.0 for d in DIMENSIONS})
     rewards: list[float] = field(default_factory=list)
@@ -93,7 +94,16 @@ class Summary:
 
     @property
     def mean_expected_reward(self) -> float:
-        return self.expected_sum / self.ok if self.ok else math.nan
+        return self.expected_sum / self.expected_n if self.expected_n else math.nan
+
+    @property
+    def dimensions(self) -> list[str]:
+        """LiFT's three unless the records are another critic's (then theirs, in the order first seen)."""
+        seen = [d for d in self.dim_score_sum if d not in DIMENSIONS or self.labels[d].total()]
+        return list(DIMENSIONS) if not seen or set(seen) <= set(DIMENSIONS) else seen
+
+    def _labels_of(self, d: str) -> list[str]:
+        return list(LABELS) if d in DIMENSIONS else sorted(self.labels[d])
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -103,8 +113,8 @@ class Summary:
             **({"shard": self.shard, "manifest_total": self.manifest_total} if self.shard else {}),
             "error_codes": dict(self.error_codes),
             "mean_reward": None if not self.ok else self.mean_reward,
-            "mean_expected_reward": None if not self.ok else self.mean_expected_reward,
-            "labels": {d: {lab: self.labels[d][lab] for lab in LABELS} for d in DIMENSIONS},
+            "mean_expected_reward": None if not self.expected_n else self.mean_expected_reward,
+            "labels": {d: {lab: self.labels[d][lab] for lab in self._labels_of(d)} for d in self.dimensions},
             **({"rule_disagreements": dict(self.rule_disagreements)} if self.rule_disagreements is not None else {}),
             "provenance": self.provenance_list(),
         }
@@ -119,7 +129,14 @@ class Summary:
         ]
         if self.error_codes:
             lines.append("errors by code: " + ", ".join(f"{c} {n}" for c, n in self.error_codes.most_common()))
-        if self.ok:
+        if self.ok and self.dimensions != list(DIMENSIONS):  # another critic's: its scores, its labels if any
+            lines.append(f"mean reward {self.mean_reward:.4f}   mean expected_reward {self.mean_expected_reward:.4f}")
+            width = max(len(d) for d in self.dimensions)
+            lines.append(f"{'dimension':<{width}}  mean score  labels")
+            for d in self.dimensions:
+                labels = ", ".join(f"{lab} {n}" for lab, n in self.labels[d].most_common()) or "-"
+                lines.append(f"{d:<{width}}  {self.dim_score_sum[d] / self.ok:>10.4f}  {labels}")
+        elif self.ok:
             lines.append(f"mean reward {self.mean_reward:.4f}   mean expected_reward {self.mean_expected_reward:.4f}")
             width = max(len(d) for d in DIMENSIONS)
             lines.append(f"{'dimension':<{width}}  {'Good':>6} {'Normal':>6} {'Bad':>6}  mean score")
@@ -176,15 +193,21 @@ def summarize(journal_path: Path, ids: Iterable[str], *, rule_agreement: bool = 
             s.ok += 1
             s.provenances[json.dumps(rec.get("provenance"), sort_keys=True)] += 1
             s.reward_sum += rec["reward"]
-            s.expected_sum += rec["expected_reward"]
+            if rec.get("expected_reward") is not None:
+                s.expected_sum += rec["expected_reward"]
+                s.expected_n += 1
             s.rewards.append(rec["reward"])
-            for d in DIMENSIONS:
-                dim = rec["dimensions"].get(d)
+            for d, dim in (rec.get("dimensions") or {}).items():
                 if dim:
-                    s.labels[d][dim["label"]] += 1
+                    s.labels.setdefault(d, Counter())
+                    s.dim_score_sum.setdefault(d, 0.0)
+                    s.expected_scores.setdefault(d, [])
+                    if dim.get("label") is not None:
+                        s.labels[d][dim["label"]] += 1
                     s.dim_score_sum[d] += dim["score"]
-                    s.expected_scores[d].append(dim["expected_score"])
-                    if s.rule_disagreements is not None:
+                    if dim.get("expected_score") is not None:
+                        s.expected_scores[d].append(dim["expected_score"])
+                    if s.rule_disagreements is not None and d in DIMENSIONS:
                         s.rule_disagreements[d] += other_rule_label(dim, rec.get("scoring", "label")) != dim["label"]
         else:
             s.errors += 1
@@ -202,18 +225,23 @@ def plot(summary: Summary, out: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise InvalidRequest("--plot needs matplotlib: pip install 'lift-reward[labels]'", param="plot") from None
-    fig, axes = plt.subplots(1, 1 + len(DIMENSIONS), figsize=(4.2 * (1 + len(DIMENSIONS)), 3.6))
+    dims = summary.dimensions
+    fig, axes = plt.subplots(1, 1 + len(dims), figsize=(4.2 * (1 + len(dims)), 3.6))
     bins = [i / 40 for i in range(41)]
     axes[0].hist(summary.rewards, bins=bins, color="#4c72b0")
     axes[0].set_title(f"reward (n={summary.ok}, mean {summary.mean_reward:.3f})" if summary.ok else "reward (no data)")
     axes[0].set_xlabel("reward")
     axes[0].set_ylabel("videos")
-    for ax, d in zip(axes[1:], DIMENSIONS):
+    for ax, d in zip(axes[1:], dims):
         ax.hist(summary.expected_scores[d], bins=bins, color="#55a868")
-        for x in (0.05, 0.2, 0.9):  # LiFT's label scores
-            ax.axvline(x, color="grey", lw=0.8, ls="--")
         c = summary.labels[d]
-        ax.set_title(f"{d}\nGood {c['Good']} / Normal {c['Normal']} / Bad {c['Bad']}", fontsize=9)
+        if d in DIMENSIONS:
+            for x in (0.05, 0.2, 0.9):  # LiFT's label scores
+                ax.axvline(x, color="grey", lw=0.8, ls="--")
+            ax.set_title(f"{d}\nGood {c['Good']} / Normal {c['Normal']} / Bad {c['Bad']}", fontsize=9)
+        else:
+            ax.set_title(f"{d}\n" + (" / ".join(f"{k} {n}" for k, n in c.most_common()) or "mean "
+                                      f"{summary.dim_score_sum[d] / max(summary.ok, 1):.3f}"), fontsize=9)
         ax.set_xlabel("expected score")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -232,7 +260,20 @@ def export_lift(journal_path: Path, order: list[str], out: Path) -> int:
     return len(rows)
 
 
-def _flat(rec: dict[str, Any]) -> dict[str, Any]:
+def journal_dimensions(journal_path: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """The dimensions of the journal's critic (the first scored record's; LiFT's if none) and, per dimension, the
+    keys of its probabilities (LiFT: its labels)."""
+    for rec in iter_records(journal_path):
+        if rec["status"] == OK and rec.get("dimensions"):
+            dims = rec["dimensions"]
+            if set(dims) <= set(DIMENSIONS):
+                break
+            return list(dims), {d: list((x or {}).get("probabilities") or {}) for d, x in dims.items()}
+    return list(DIMENSIONS), {d: list(LABELS) for d in DIMENSIONS}
+
+
+def _flat(rec: dict[str, Any], dimensions: Sequence[str] = DIMENSIONS,
+          outcomes: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {
         "id": str(rec["id"]), "video": rec.get("video"), "prompt": rec.get("prompt"), "status": rec["status"],
         "reward": rec.get("reward"), "expected_reward": rec.get("expected_reward"), "model": rec.get("model"),
@@ -244,13 +285,13 @@ def _flat(rec: dict[str, Any]) -> dict[str, Any]:
         section, key = name.split(".")[1:]
         row[name] = (prov.get(section) or {}).get(key)
     dims = rec.get("dimensions") or {}
-    for d in DIMENSIONS:
+    for d in dimensions:
         x = dims.get(d) or {}
         probs = x.get("probabilities") or {}
         row[f"{d}.label"] = x.get("label")
         row[f"{d}.score"] = x.get("score")
         row[f"{d}.expected_score"] = x.get("expected_score")
-        for lab in LABELS:
+        for lab in (outcomes or {}).get(d, LABELS):
             row[f"{d}.p_{lab.lower()}"] = probs.get(lab)
         row[f"{d}.rationale"] = x.get("rationale")
     return row
@@ -268,9 +309,10 @@ def to_parquet(journal_path: Path, out: Path, row_group: int = 10_000) -> int:
               ("num_frames", pa.int32()), ("error_code", pa.string()), ("error_message", pa.string())]
     types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
     fields += [(name, types[kind]) for name, kind in PROVENANCE_COLUMNS]
-    for d in DIMENSIONS:
+    dimensions, outcomes = journal_dimensions(journal_path)
+    for d in dimensions:
         fields += [(f"{d}.label", pa.string()), (f"{d}.score", pa.float64()), (f"{d}.expected_score", pa.float64())]
-        fields += [(f"{d}.p_{lab.lower()}", pa.float64()) for lab in LABELS]
+        fields += [(f"{d}.p_{lab.lower()}", pa.float64()) for lab in outcomes[d]]
         fields += [(f"{d}.rationale", pa.string())]
     schema = pa.schema(fields)
     tmp = out.with_name(out.name + ".tmp")
@@ -279,7 +321,7 @@ def to_parquet(journal_path: Path, out: Path, row_group: int = 10_000) -> int:
     with pq.ParquetWriter(tmp, schema) as writer:
         batch: list[dict[str, Any]] = []
         for rec in iter_records(journal_path):
-            batch.append(_flat(rec))
+            batch.append(_flat(rec, dimensions, outcomes))
             if len(batch) >= row_group:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
                 n += len(batch)

@@ -39,12 +39,16 @@ def reward_value(response: ScoreResponse, reward: RewardField | Mapping[str, flo
     """The number a learner sees. Weights {d: 1/3 for d in DIMENSIONS} reproduce `reward` (LiFT Eq. 2)."""
     if reward == "reward":
         return float(response.reward)
-    if reward == "expected_reward":
-        return float(response.expected_reward)
+    if reward == "expected_reward":  # a critic without probabilities has none: its reward
+        return float(response.expected_reward if response.expected_reward is not None else response.reward)
     total = 0.0
     for dim, w in reward.items():  # type: ignore[union-attr]
-        d = response.dimensions[dim]  # type: ignore[index]
-        total += float(w) * (d.expected_score if expected else d.score)
+        d = response.dimensions.get(dim)
+        if d is None:  # weights for another critic's dimensions
+            raise InvalidRequest(f"the {response.critic} critic has no dimension {dim!r}; it has "
+                                 f"{list(response.dimensions)}", param="reward")
+        value = d.expected_score if expected and d.expected_score is not None else d.score
+        total += float(w) * value
     return total
 
 
@@ -55,9 +59,13 @@ def _check_reward(reward: Any) -> None:
         return
     if not isinstance(reward, Mapping) or not reward:
         raise InvalidRequest("reward weights must be a non-empty {dimension: weight} dict", param="reward")
-    unknown = set(reward) - set(DIMENSIONS)
-    if unknown:
-        raise InvalidRequest(f"unknown dimensions {sorted(unknown)}; known: {list(DIMENSIONS)}", param="reward")
+    from service.critics import CRITIC_NAMES, load_spec
+
+    known = {d for name in CRITIC_NAMES for d in load_spec(name).dimension_names}
+    unknown = set(reward) - known
+    if unknown:  # no critic has them (which critic answers is checked on its first response)
+        raise InvalidRequest(f"unknown dimensions {sorted(unknown)}; LiFT-Critic's: {list(DIMENSIONS)}; others' in "
+                             "service.critics", param="reward")
 
 
 class AsyncRewardFunction:

@@ -98,7 +98,7 @@ def make_tiny_critic_command(args: argparse.Namespace) -> int:
             raise InvalidRequest(f"--critic {args.critic} is a Qwen2.5-VL model: leave --family at qwen2_vl")
         from service.tiny_critics.qwen2_5_vl import build_tiny_qwen2_5_vl
 
-        print(build_tiny_qwen2_5_vl(args.dir, seed=args.seed, preset=args.preset))
+        print(build_tiny_qwen2_5_vl(args.dir, seed=args.seed, preset=args.preset, critic=args.critic))
         print(f"to serve it: lift serve --critic {args.critic} --model {args.dir}", file=sys.stderr)
         return 0
     if args.family == "vila":
