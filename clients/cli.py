@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from clients.processes import Terminated, exit_on_sigterm
     from service.errors import LiftError
 
-    command = "label merge" if args.command == "label-merge" else args.command
+    command = getattr(args, "command_name", None) or ("label merge" if args.command == "label-merge" else args.command)
     exit_on_sigterm()  # SIGTERM unwinds like Ctrl-C: what the command started (an engine, a server) is stopped
     try:
         result = args.func(args)

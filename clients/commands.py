@@ -26,6 +26,7 @@ def register(subparsers: Any) -> None:
     _register_score(subparsers)
     _register_label(subparsers)
     _register_label_merge(subparsers)
+    _register_critics(subparsers)
 
 
 # ---- shared options ---------------------------------------------------------------------------
@@ -289,3 +290,61 @@ def label_merge_command(args: argparse.Namespace) -> int:
           + (f" written to {args.out}" if report.written else ", nothing written"), file=sys.stderr)
     _print_json(report.as_dict())
     return report.exit_code
+
+
+# ---- lift critics compare ----------------------------------------------------------------------
+def _register_critics(sub: Any) -> None:
+    p = sub.add_parser("critics", help="several critics: compare them on one manifest (lift critics compare)",
+                       description="Work with several critics (`lift critics compare --help`).")
+    csub = p.add_subparsers(dest="critics_command", required=True, metavar="SUBCOMMAND")
+    c = csub.add_parser(
+        "compare",
+        prog="lift critics compare",
+        help="score a manifest with every critic the servers serve, and say how they agree",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""Score every item of a manifest with every critic, then compare the critics.
+
+Critics: each --server URL is asked GET /v1/models; the critics are the union of the cards (a card id listed
+by several servers is one critic with replicas; a server listing several critics is told which one answers
+each request). Scoring is `lift label`'s, one journal per critic in OUT/journals/: a killed run resumes and
+re-scores nothing done. Manifest: as `lift label` (JSONL {"id"?, "video", "prompt"}).
+
+Outputs: OUT/compare.json and OUT/compare.md: per pair of critics, Spearman and Kendall of their rewards,
+expected rewards and every pair of their dimensions, over the items both scored; the items whose reward
+ranks differ most (--top); OUT/plots/ reward vs reward per pair. With --labels HUMAN.jsonl ({"id", <column>:
+number or Good/Normal/Bad} per line): each critic against each human column (Spearman, Kendall; accuracy
+where the column is a LiFT dimension in labels and the critic is LiFT). One critic is enough with --labels.
+stdout: a JSON summary only; the log goes to stderr.""",
+        epilog="exit codes: 0 compared; 1 compared, but some items are error lines (left out); 2 bad arguments "
+        "or input (a bad --server, no manifest, one critic and no --labels); 3 stopped early because a critic's "
+        "servers were unreachable (re-run to resume)",
+    )
+    c.add_argument("manifest", type=Path, help="JSONL manifest (as lift label's)")
+    c.add_argument("--out", type=Path, required=True, help="folder for the journals, compare.json/.md and plots/")
+    _add_server_options(c, "required; repeat for servers of other critics, whose critics are pooled")
+    c.add_argument("--labels", type=Path, default=None, metavar="HUMAN.jsonl", help="human labels to agree with")
+    c.add_argument("--concurrency", type=int, default=8, help="requests in flight per critic (default 8)")
+    c.add_argument("--top", type=int, default=20, help="items listed where the critics disagree most (default 20)")
+    c.add_argument("--retry-errors", action="store_true", help="redo items recorded as errors")
+    c.add_argument("--no-plots", action="store_true", help="no PNGs")
+    c.add_argument("--no-progress", action="store_true", help="no periodic progress lines on stderr")
+    _add_score_options(c)
+    c.set_defaults(func=critics_compare_command, command_name="critics compare")
+
+
+def critics_compare_command(args: argparse.Namespace) -> int:
+    from .compare import CompareConfig, run
+
+    servers = _servers(args)
+    if not servers:
+        raise InvalidRequest(f"--server URL is required (or set ${ENV_SERVER})")
+    result = run(CompareConfig(
+        manifest=args.manifest, servers=servers, out=args.out, labels=args.labels, concurrency=args.concurrency,
+        api_key=args.api_key, options=_options(args), timeout_s=args.timeout, top=args.top,
+        retry_errors=args.retry_errors, progress=not args.no_progress, plots=not args.no_plots,
+    ))
+    if result.aborted:
+        print(f"lift critics compare: stopped early: {result.aborted}\nre-run the same command to resume",
+              file=sys.stderr)
+    _print_json(result.summary)
+    return result.exit_code

@@ -34,9 +34,10 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--model", type=Path, default=None, help="critic checkpoint folder (or LIFT_MODEL)")
     p.add_argument("--engine", choices=("vllm", "transformers"), default=None, help="inference engine (default vllm)")
-    p.add_argument("--critic", choices=CRITIC_CHOICES, default=None,
-                   help="what the checkpoint is: its prompts and how its answers are read (default lift; or "
-                        "LIFT_CRITIC)")
+    p.add_argument("--critic", action="append", default=None, metavar="NAME[=DIR]",
+                   help="what the checkpoint is: its prompts and how its answers are read (" + ", ".join(CRITIC_CHOICES)
+                        + "; default lift; or LIFT_CRITIC). Repeated as NAME=DIR: several critics in one deployment "
+                        "(LIFT_CRITICS), requests pick one by `model`")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="bind port (default 8000)")
     p.add_argument("--demo", action="store_true", default=None,
@@ -123,8 +124,19 @@ def _settings_from(args: argparse.Namespace) -> Any:
     from service.app.settings import ServiceSettings
     from service.errors import InvalidRequest
 
-    flags = {k: getattr(args, k, None)
-             for k in ("model", "engine", "critic", "host", "port", "demo", "media_root", "adapters")}
+    flags = {k: getattr(args, k, None) for k in ("model", "engine", "host", "port", "demo", "media_root", "adapters")}
+    named = getattr(args, "critic", None) or []
+    pairs = [c for c in named if "=" in c]
+    if pairs and len(pairs) != len(named):
+        raise InvalidRequest("--critic: give one NAME (with --model) or NAME=DIR pairs, not both")
+    if pairs:
+        flags["critics"] = ",".join(pairs)
+    elif len(named) > 1:
+        raise InvalidRequest("--critic NAME is given once; several critics are NAME=DIR pairs")
+    elif named:
+        if named[0] not in CRITIC_CHOICES:
+            raise InvalidRequest(f"--critic: unknown critic {named[0]!r}; choose from {', '.join(CRITIC_CHOICES)}")
+        flags["critic"] = named[0]
     try:
         return ServiceSettings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
@@ -154,6 +166,31 @@ def warn_about_leftover_engines() -> None:
         print(f"lift serve: warning: {describe_leftovers(leftovers)}", file=sys.stderr, flush=True)
 
 
+def build_critics(settings: Any) -> Any:
+    """The deployment's critic (LIFT_MODEL + LIFT_CRITIC), or several (LIFT_CRITICS) as one CriticSet, GPU memory
+    split equally among them."""
+    from service.critic import Critic
+
+    dirs = settings.critic_dirs()
+    if not dirs:
+        return Critic.from_pretrained(settings.model, engine=settings.engine, scoring=settings.scoring,
+                                      critic=settings.critic, critic_variant=settings.critic_variant,
+                                      parse_failure_value=settings.parse_failure_value, **settings.engine_options())
+    from service.critic_set import CriticSet
+
+    options = settings.engine_options()
+    if settings.engine == "vllm" and options.get("gpu_memory_utilization") is None:
+        from service.engines.vllm_engine import _is_cpu
+
+        if not _is_cpu():  # vLLM's default share (0.9) is for one engine per GPU
+            options["gpu_memory_utilization"] = 0.9
+    if options.get("gpu_memory_utilization") is not None:
+        options["gpu_memory_utilization"] = options["gpu_memory_utilization"] / len(dirs)
+    return CriticSet([Critic.from_pretrained(folder, engine=settings.engine, scoring=settings.scoring, critic=name,
+                                             model_name=name, parse_failure_value=settings.parse_failure_value,
+                                             **options) for name, folder in dirs.items()])
+
+
 def serve_command(args: argparse.Namespace) -> int:
     from service.app.logs import configure_logging
     from service.errors import InvalidRequest
@@ -161,9 +198,16 @@ def serve_command(args: argparse.Namespace) -> int:
     settings = _settings_from(args)
     if settings.demo:
         settings.model = ensure_demo_critic(settings.demo_dir)
-    if settings.model is None:
-        raise InvalidRequest("give --model DIR (or LIFT_MODEL), or --demo")
-    if not settings.model.is_dir():
+    critic_dirs = settings.critic_dirs()
+    if critic_dirs:
+        if settings.model is not None:
+            raise InvalidRequest("--critic NAME=DIR pairs name every checkpoint: leave out --model")
+        for name, folder in critic_dirs.items():
+            if not folder.is_dir():
+                raise InvalidRequest(f"--critic {name}={folder}: not a folder")
+    elif settings.model is None:
+        raise InvalidRequest("give --model DIR (or LIFT_MODEL), or --demo, or --critic NAME=DIR pairs")
+    elif not settings.model.is_dir():
         raise InvalidRequest(f"--model {settings.model} is not a folder")
     configure_logging(settings.log_level)
     print(json.dumps({"msg": "lift serve settings", **settings.public_view()}), file=sys.stderr, flush=True)
@@ -171,12 +215,8 @@ def serve_command(args: argparse.Namespace) -> int:
 
     from service.app import create_app
     from service.app.server import GracefulServer, uvicorn_config
-    from service.critic import Critic
 
-    critic = Critic.from_pretrained(settings.model, engine=settings.engine, scoring=settings.scoring,
-                                    critic=settings.critic, critic_variant=settings.critic_variant,
-                                    parse_failure_value=settings.parse_failure_value,
-                                    **settings.engine_options())
+    critic = build_critics(settings)
     failed: list[BaseException] = []
 
     def on_fatal(exc: BaseException) -> None:

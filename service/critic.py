@@ -61,8 +61,9 @@ class Critic:
         # a failed parse fails the sample unless the deployment (or the critic's own default) sets a value
         self.parse_failure_value = (self.spec.parse_failure_value if parse_failure_value is None
                                     else parse_failure_value)
-        if num_frames is None:
-            num_frames = self.spec.media.frames.count if self.spec.media.frames.kind in ("count", "floor") else 0
+        if num_frames is None:  # the critic's count, or at most this many (a rule by fps or stride)
+            frames = self.spec.media.frames
+            num_frames = frames.count if frames.kind in ("count", "floor") else frames.max_frames
         self.engine = engine
         self.scoring: ScoringRule = scoring  # the rule when a request does not name one (service.rubric)
         self.model_dir = Path(model_dir)
@@ -188,6 +189,10 @@ class Critic:
             raise EngineDead("the critic engine died; start a new Critic")
         if not self.ready:
             raise EngineNotReady("the critic engine is not ready yet")
+        if options.critics and any(name != self.model_name for name in options.critics):
+            other = next(name for name in options.critics if name != self.model_name)
+            raise InvalidRequest(f"no critic named {other!r} here; this deployment serves {self.model_name!r}",
+                                 param="model")
         rule = self.spec.media.frames
         if self.spec.media.present_as == "images" and options.num_frames and options.num_frames > rule.count:
             raise InvalidRequest(f"{self.spec.name} is shown at most {rule.count} frames (as images); "

@@ -139,7 +139,7 @@ def decode_video(
     MediaNotFound (no such file). Blocking: call it off the event loop.
     """
     limits = limits or MediaLimits()
-    if num_frames < 1:
+    if sampler is None and num_frames < 1:
         raise ValueError("num_frames must be >= 1")
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)

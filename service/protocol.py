@@ -34,6 +34,11 @@ class ScoreOptions(BaseModel):
         "LiFT's scripts did: the whole answer sampled at temperature 0.2 (unless given) with up to 512 tokens "
         "(unless max_reason_tokens), then 'Normal' anywhere -> Normal, else 'Bad' anywhere -> Bad, else Good.")
 
+    critics: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] | None = Field(
+        None, min_length=1, max_length=8, description="Which of the deployment's critics answer (`/v1/models` "
+        "lists them; default: its first). Several: each answers, the video decoded once; the response is the first's, "
+        "with every one's under `by_critic`. The request's top-level `model` is the same as one name here.")
+
     @model_validator(mode="after")
     def _lift_rule_reads_the_answer(self) -> "ScoreOptions":
         if self.scoring == "lift" and not self.rationale:
@@ -72,6 +77,16 @@ class ScoreRequest(BaseModel):
     prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, description="The caption the video was generated from.")
     video: VideoSource
     options: ScoreOptions = Field(default_factory=ScoreOptions)
+    model: str | None = Field(None, min_length=1, max_length=128, description="Which of the deployment's critics "
+                              "answers (an id from /v1/models; default its first): options.critics = [model].")
+
+    @model_validator(mode="after")
+    def _model_is_a_critic_choice(self) -> "ScoreRequest":
+        if self.model is not None:
+            if self.options.critics is not None and self.options.critics != [self.model]:
+                raise ValueError("'model' and 'options.critics' name different critics: give one of them")
+            self.options = self.options.model_copy(update={"critics": [self.model]})
+        return self
 
 
 class LabelProbabilities(BaseModel):
@@ -187,6 +202,9 @@ class ScoreResponse(BaseModel):
     frames: list[str] | None = Field(None, description="base64 JPEG thumbnails, when options.return_frames.")
     provenance: Provenance | None = Field(None, description="What produced this score: critic, rubric, frames, "
                                           "engine, sampling, server (always set by this server).")
+    by_critic: dict[str, "ScoreResponse"] | None = Field(
+        None, description="When options.critics named several: each critic's answer, by its /v1/models id (the "
+        "top-level fields are the first's). null otherwise.")
 
 
 class ErrorDetail(BaseModel):

@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 from fastapi import APIRouter
 
-from service.adapters.selection import RewardSelection
 
 ADAPTER_NAMES = ("flow-factory", "cosmos-rl", "unirl")
 
@@ -30,7 +29,7 @@ class Adapter(Protocol):
 
 def build_adapters(service: Any) -> list[Adapter]:
     """The adapters the service's settings switch on, in the order named."""
-    selection = RewardSelection.parse(service.settings.adapter_reward, service.critic_dimensions)
+    selection = service.reward_selection(service.settings.adapter_reward)
     out: list[Adapter] = []
     for name in service.settings.adapters:
         if name == "flow-factory":

@@ -205,7 +205,7 @@ class CosmosRLAdapter:
         arr = await asyncio.to_thread(load_npy, data, header, param="body")
         if media_type == "latent":
             arr = await asyncio.to_thread(self.decoder.decode, arr)  # (B, T, H, W, 3) uint8
-        options = ScoreOptions(rationale=self.service.settings.adapter_rationale)  # reward-only unless asked
+        options = self.service.adapter_options(self.selection)  # reward-only unless asked; the critics it names
         limits = self.service.frame_limits
         n = self.service.num_frames_for(options)
         sampler = self.service.frame_sampler(options)  # the critic's own frame rule (None: LiFT's)

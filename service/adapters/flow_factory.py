@@ -79,7 +79,7 @@ class FlowFactoryAdapter:
         kwargs = data.get("kwargs") if isinstance(data.get("kwargs"), dict) else {}
         if kwargs.get("reward") is not None:
             try:
-                selection = RewardSelection.parse(str(kwargs["reward"]), self.service.critic_dimensions)
+                selection = self.service.reward_selection(str(kwargs["reward"]))
             except InvalidRequest as exc:
                 raise ValidationFailed(exc.message, param="kwargs.reward") from None
         fps = kwargs.get("fps")
@@ -89,7 +89,7 @@ class FlowFactoryAdapter:
         prompts, videos, selection, fps = self._parse(data)
         if not self.service.ready:
             raise self.service.readiness_error()
-        options = ScoreOptions(rationale=self.service.settings.adapter_rationale)  # reward-only unless asked
+        options = self.service.adapter_options(selection)  # reward-only unless asked; the critics it names
         cap = self.service.settings.max_frames_bytes
 
         async def decode(i: int, frames: list[str]) -> Any:

@@ -3,12 +3,15 @@
 - `reward` (LiFT Eq. 2, the default) or `expected_reward` (probability-weighted, smooth);
 - a dimension name of the deployment's critic, e.g. `motion_smoothness`: that dimension's `expected_score`
   (its `score` where the critic's answer has no probabilities; `motion_smoothness.score` for its label score);
-- a weighted sum of any of those: `motion_smoothness=0.5,video_fidelity=0.5`.
+- a weighted sum of any of those: `motion_smoothness=0.5,video_fidelity=0.5`;
+- in a deployment of several critics, any of those prefixed by a critic's name, for that critic's answer:
+  `videoscore2.text_alignment=1.0,lift.expected_reward=0.5` (unprefixed names are the first critic's); every
+  critic a selection names is asked, the video decoded once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import get_args
 
@@ -48,14 +51,19 @@ def _check_term(term: str, dimensions: Sequence[str]) -> None:
 @dataclass(frozen=True)
 class RewardSelection:
     terms: tuple[tuple[str, float], ...]
+    # term -> the critic whose answer it reads (None: the response's own), for a deployment of several critics
+    critic_of: tuple[tuple[str, str | None], ...] = ()
 
     @classmethod
-    def parse(cls, spec: str, dimensions: Sequence[str] = DIMENSIONS) -> "RewardSelection":
-        """`spec` against the names of a critic with `dimensions` (LiFT-Critic's unless given)."""
+    def parse(cls, spec: str, dimensions: Sequence[str] = DIMENSIONS,
+              critics: Mapping[str, Sequence[str]] | None = None) -> "RewardSelection":
+        """`spec` against the names of a critic with `dimensions` (LiFT-Critic's unless given); with `critics`
+        ({name: its dimensions}, several in one deployment), a term may start with a critic's name."""
         text = (spec or "").strip()
         if not text:
             raise InvalidRequest("the reward selection is empty", param="adapter_reward")
         terms: list[tuple[str, float]] = []
+        owners: list[tuple[str, str | None]] = []  # only the terms that name a critic
         for part in text.split(","):
             part = part.strip()
             if not part:
@@ -68,14 +76,40 @@ class RewardSelection:
                 raise InvalidRequest(f"weight of {name!r} is not a number: {weight!r}", param="adapter_reward") from None
             if w != w or w in (float("inf"), float("-inf")):
                 raise InvalidRequest(f"weight of {name!r} must be finite", param="adapter_reward")
-            _check_term(name, dimensions)
+            head, _, rest = name.partition(".")
+            if critics and head in critics and rest:
+                _check_term(rest, critics[head])
+                owners.append((name, head))
+            else:
+                _check_term(name, dimensions)
             terms.append((name, w))
         if not terms:
             raise InvalidRequest("the reward selection is empty", param="adapter_reward")
-        return cls(tuple(terms))
+        return cls(tuple(terms), tuple(owners))
+
+    def critics_asked(self, default: str) -> list[str] | None:
+        """The critics a response must carry for this selection (the default first); None: the default alone."""
+        named = [c for _, c in self.critic_of if c is not None]
+        if not named:
+            return None
+        return list(dict.fromkeys([default, *named]))
 
     def value(self, response: ScoreResponse) -> float:
-        return float(sum(w * _term_value(response, name) for name, w in self.terms))
+        owners = dict(self.critic_of)
+        total = 0.0
+        for name, w in self.terms:
+            critic = owners.get(name)
+            if critic is None:
+                total += w * _term_value(response, name)
+                continue
+            answer = (response.by_critic or {}).get(critic)
+            if answer is None:
+                if response.model != critic:
+                    raise InvalidRequest(f"the reward names the {critic} critic, which did not answer",
+                                         param="adapter_reward")
+                answer = response
+            total += w * _term_value(answer, name.partition(".")[2])
+        return float(total)
 
     def __str__(self) -> str:
         if len(self.terms) == 1 and self.terms[0][1] == 1.0:

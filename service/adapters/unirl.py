@@ -160,7 +160,7 @@ class UniRLAdapter:
             raise self.service.readiness_error()
         samples = await asyncio.gather(*(self._sample(i, n, h) for i, (n, h) in enumerate(parsed)))
         todo = [i for i, s in enumerate(samples) if s.rewards and s.error is None]
-        options = ScoreOptions(rationale=self.service.settings.adapter_rationale)  # reward-only unless asked
+        options = self.service.adapter_options(self.selection)  # reward-only unless asked; the critics it names
         scored = await self.service.score_many([(samples[i].video, samples[i].prompt) for i in todo], options)
         for i, r in zip(todo, scored):
             if isinstance(r, LiftError):

@@ -202,7 +202,15 @@ async def _read_form(request: Request, max_video: int, max_frames: int) -> tuple
             raise InvalidVideo("the uploaded video is empty (0 bytes)", param="video")
         fps = _parse_fps(fps_raw)
         # Same rules as JSON: the prompt field's own constraints, the options model.
-        return data, parse_prompt(prompt), parse_options(options_raw), fps
+        options = parse_options(options_raw)
+        model = form.get("model")
+        if model is not None:  # which critic answers, as JSON's top-level `model`
+            if not isinstance(model, str) or not 1 <= len(model) <= 128:
+                raise ValidationFailed("'model' must be a critic id from /v1/models", param="model")
+            if options.critics is not None and options.critics != [model]:
+                raise ValidationFailed("'model' and 'options.critics' name different critics", param="model")
+            options = options.model_copy(update={"critics": [model]})
+        return data, parse_prompt(prompt), options, fps
     finally:
         await form.close()
 

@@ -169,9 +169,26 @@ class ScoringService:
 
     @property
     def critic_dimensions(self) -> tuple[str, ...]:
-        """The deployment's critic's dimensions (what LIFT_ADAPTER_REWARD and the adapters may name)."""
+        """The deployment's (first) critic's dimensions (what LIFT_ADAPTER_REWARD and the adapters may name)."""
         spec = getattr(self.critic, "spec", None)
         return spec.dimension_names if spec is not None else DIMENSIONS
+
+    @property
+    def critics_dimensions(self) -> dict[str, tuple[str, ...]] | None:
+        """With several critics: {name: its dimensions} (a reward may name `critic.term`); None with one."""
+        names = getattr(self.critic, "names", None)
+        return {n: self.critic.dimensions_of(n) for n in names()} if names is not None else None
+
+    def reward_selection(self, spec: str) -> Any:
+        from service.adapters.selection import RewardSelection
+
+        return RewardSelection.parse(spec, self.critic_dimensions, critics=self.critics_dimensions)
+
+    def adapter_options(self, selection: Any) -> ScoreOptions:
+        """What the adapters ask: reward-only unless LIFT_ADAPTER_RATIONALE, and every critic the reward names."""
+        default = getattr(self.critic, "model_name", None)
+        critics = selection.critics_asked(default) if default is not None else None
+        return ScoreOptions(rationale=self.settings.adapter_rationale, critics=critics)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -240,7 +257,8 @@ class ScoringService:
         return EngineNotReady("the engine is still loading")
 
     def models(self) -> ModelList:
-        return ModelList(data=[self.critic.model_card()])
+        cards = getattr(self.critic, "model_cards", None)
+        return ModelList(data=cards() if cards is not None else [self.critic.model_card()])
 
     # -- scoring ---------------------------------------------------------------------------------------
     def _media_limits(self) -> Any:

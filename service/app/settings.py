@@ -32,6 +32,11 @@ class ServiceSettings(BaseSettings):
     critic: Literal["lift", "cosmos-reason1", "videoscore2", "unifiedreward"] = Field(
         "lift", description="What the checkpoint is, so what it is asked and how its answers are read "
         "(service.critics): lift (LiFT-Critic), cosmos-reason1, videoscore2, unifiedreward.")
+    critics: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Several critics in one deployment: NAME=DIR pairs, comma-separated "
+        "(`lift serve --critic lift=DIR --critic videoscore2=DIR`): NAME is the critic (service.critics) and its "
+        "/v1/models id; the first answers requests that name none. GPU memory (LIFT_GPU_MEMORY_UTILIZATION, "
+        "default 0.9) is split equally among them. Replaces LIFT_MODEL and LIFT_CRITIC.")
     critic_variant: str | None = Field(
         None, description="One of the critic's documented alternatives (cosmos-reason1: 'caption', the default, "
         "sends the caption as Cosmos-RL's reward service does; 'question' asks the fixed anomaly question the model "
@@ -104,7 +109,7 @@ class ServiceSettings(BaseSettings):
         "most probable label, then a reason (default); 'lift' = as LiFT's scripts did (the whole answer sampled at "
         "T=0.2, then 'Normal' anywhere -> Normal, else 'Bad' anywhere -> Bad, else Good).")
 
-    @field_validator("url_allowlist", "api_keys", "adapters", mode="before")
+    @field_validator("url_allowlist", "api_keys", "adapters", "critics", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -121,6 +126,7 @@ class ServiceSettings(BaseSettings):
         from service.adapters.selection import RewardSelection
         from service.errors import InvalidRequest
 
+        critic_dirs = self.critic_dirs()  # checks the pairs
         try:
             from service.critics import load_spec
 
@@ -128,7 +134,11 @@ class ServiceSettings(BaseSettings):
                 spec = load_spec(self.critic, self.critic_variant)
             except ValueError as exc:
                 raise ValueError(f"LIFT_CRITIC_VARIANT: {exc}") from None
-            RewardSelection.parse(self.adapter_reward, spec.dimension_names)
+            if critic_dirs:
+                RewardSelection.parse(self.adapter_reward, load_spec(next(iter(critic_dirs))).dimension_names,
+                                      critics={n: load_spec(n).dimension_names for n in critic_dirs})
+            else:
+                RewardSelection.parse(self.adapter_reward, spec.dimension_names)
         except InvalidRequest as exc:
             raise ValueError(f"LIFT_ADAPTER_REWARD: {exc.message}") from None
         if self.latent_vae is not None:
@@ -146,6 +156,23 @@ class ServiceSettings(BaseSettings):
     def max_body_bytes(self) -> int:
         """Largest request body: a base64 video (or frames) at its limit plus room for the rest of the JSON."""
         return (max(self.max_video_bytes, self.max_frames_bytes or 0) + 2) // 3 * 4 + 1024 * 1024
+
+    def critic_dirs(self) -> dict[str, Path]:
+        """LIFT_CRITICS as {critic name: checkpoint folder}, in order (empty: one critic, LIFT_MODEL)."""
+        from service.critics import CRITIC_NAMES
+
+        out: dict[str, Path] = {}
+        for pair in self.critics:
+            name, sep, folder = pair.partition("=")
+            name, folder = name.strip(), folder.strip()
+            if not sep or not name or not folder:
+                raise ValueError(f"LIFT_CRITICS: {pair!r} is not NAME=DIR")
+            if name not in CRITIC_NAMES:
+                raise ValueError(f"LIFT_CRITICS: unknown critic {name!r}; choose from {', '.join(CRITIC_NAMES)}")
+            if name in out:
+                raise ValueError(f"LIFT_CRITICS: {name!r} is named twice")
+            out[name] = Path(folder).expanduser()
+        return out
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for `Critic.from_pretrained` that shape the engine."""
