@@ -46,6 +46,7 @@ def ok_record(item_id: str, video: str, prompt: str, resp: ScoreResponse) -> dic
         "expected_reward": resp.expected_reward,
         "dimensions": {k: v.model_dump(mode="json") for k, v in resp.dimensions.items()},
         "model": resp.model,
+        "critic": resp.critic,
         "num_frames": resp.num_frames,
         "scoring": resp.scoring,
         "request_id": resp.id,

@@ -8,6 +8,7 @@ takes that critic's requests to 503 and the process down, as with one critic.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import time
@@ -91,6 +92,33 @@ def test_a_combined_adapter_reward_is_the_weighted_sum_of_its_critics(two_critic
          "metadata": None}]})
     assert r.status_code == 200, r.text
     assert r.json()["results"][0]["lift"]["lift"] == pytest.approx(want, abs=1e-6)
+
+
+def test_critics_compare_asks_each_critic_of_one_server(two_critics: Any, sample_videos: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    """`lift critics compare` against one server that serves two critics: each journal holds its own critic's
+    answers (requests name it by `model`), and the report pairs them."""
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import REPO, SERVER_ENV
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": name, "video": str(path), "prompt": f"a clip {name}"}) + "\n"
+                                for name, path in list(sample_videos.items())[:3]))
+    out = tmp_path / "cmp"
+    r = subprocess.run([sys.executable, "-m", "clients.cli", "critics", "compare", str(manifest), "--out", str(out),
+                        "--server", two_critics.url, "--no-rationale", "--no-progress", "--no-plots"],
+                       cwd=REPO, env={**os.environ, **SERVER_ENV}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((out / "compare.json").read_text())
+    critics = {c["id"]: c for c in report["critics"]}
+    assert set(critics) == {"lift", "cosmos-reason1"} and all(c["model_field_sent"] for c in critics.values())
+    (pair,) = report["pairs"]
+    assert {pair["a"], pair["b"]} == {"lift", "cosmos-reason1"} and pair["n"] == 3
+    for name in critics:
+        records = [json.loads(line) for line in Path(critics[name]["journal"]).read_text().splitlines()]
+        assert len(records) == 3 and {rec.get("critic") for rec in records} == {name}, records[0]
 
 
 def test_one_critics_engine_dying_takes_the_process_down(two_critics: Any, sample_videos: dict[str, Path]) -> None:
