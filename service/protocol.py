@@ -5,9 +5,9 @@ Pure pydantic (no torch, no vllm): `clients/` imports this module.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_serializer, model_validator
 
 Label = Literal["Good", "Normal", "Bad"]
 DimensionName = Literal["semantic_consistency", "motion_smoothness", "video_fidelity"]
@@ -124,9 +124,18 @@ class CriticProvenance(BaseModel):
 
     name: str = Field(..., description="The served model name (`lift serve --model-name`, else the folder's name).")
     family: str = Field(..., description="The critic family (qwen2_vl, vila).")
-    critic: str = Field("lift", description="Which critic's questions and reading (service.critics).")
+    critic: str | None = Field(None, description="Which critic's questions and reading (service.critics); "
+                               "absent for LiFT-Critic (the provenance LiFT scores always had).")
     source: str | None = Field(None, description="Where that critic's prompt and reading come from "
-                               "(repository@commit, file); null for LiFT (service.rubric cites its sources).")
+                               "(repository@commit, file); absent for LiFT (service.rubric cites its sources).")
+
+    @model_serializer(mode="wrap")
+    def _lift_as_before(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if self.critic is None:  # LiFT-Critic: the same provenance as before other critics existed
+            data.pop("critic", None)
+            data.pop("source", None)
+        return data
     digest: str | None = Field(None, description="sha256 of the checkpoint folder: small files (config.json, the "
                                "weights index, tokenizer, templates) whole, every file's name and size, and sampled "
                                "blocks of each large file (weights are not read whole). null: not a local folder.")

@@ -128,7 +128,7 @@ class CriticIdentity:
         lift = spec is None or spec.name == "lift"
         return cls(
             critic=CriticProvenance(name=name, family=family, digest=checkpoint_digest(model_dir),
-                                    critic="lift" if lift else spec.name, source=None if lift else spec.source),
+                                    critic=None if lift else spec.name, source=None if lift else spec.source),
             rubric=RubricProvenance(digest=rubric_digest() if lift else spec_digest(spec)),
             engine=EngineProvenance(name=engine, dtype=dtype),
             server=ServerProvenance(version=server_version()),
