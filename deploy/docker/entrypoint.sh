@@ -1,6 +1,8 @@
 #!/bin/sh
 # Container entrypoint: turn the image's environment into one `lift serve` command line.
 #   LIFT_DEMO=1          -> `lift serve --demo` (tiny random critic built at start; the CPU image's default)
+#   LIFT_CRITICS set     -> `lift serve --engine "$LIFT_ENGINE"` serving those NAME=DIR critics (each a mounted
+#                           folder); the image's default LIFT_MODEL is dropped, as the service refuses both.
 #   otherwise            -> `lift serve --model "$LIFT_MODEL" --engine "$LIFT_ENGINE"`; the model is a folder
 #                           mounted into the container (default /models/critic), never downloaded.
 # Extra arguments (docker run IMAGE ARGS..., Kubernetes `args`) are passed on to `lift serve` as they are,
@@ -13,6 +15,11 @@ case "${LIFT_DEMO:-0}" in
         exec lift serve --demo "$@"
         ;;
 esac
+
+if [ -n "${LIFT_CRITICS:-}" ]; then
+    unset LIFT_MODEL
+    exec lift serve --engine "${LIFT_ENGINE:-vllm}" "$@"
+fi
 
 model="${LIFT_MODEL:-/models/critic}"
 if [ ! -d "$model" ]; then

@@ -15,7 +15,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "deploy" / "compose.yaml"
-PROFILES = ["--profile", "gpu", "--profile", "demo"]
+PROFILES = ["--profile", "gpu", "--profile", "demo", "--profile", "critics"]
 
 
 def _env() -> dict[str, str]:
@@ -61,21 +61,25 @@ def _volume_targets(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_config_accepts_the_file(resolved: dict[str, Any]) -> None:
-    assert set(resolved["services"]) == {"lift", "lift-demo", "prometheus", "grafana"}
+    assert set(resolved["services"]) == {"lift", "lift-demo", "lift-critics", "prometheus", "grafana"}
+
+
+SCORING = {"gpu": "lift", "demo": "lift-demo", "critics": "lift-critics"}
 
 
 def test_profiles_pick_one_service(compose_v2: str) -> None:
     # v2 filters `config` by profile as `up` does (v1 keeps every service in `config`: see the next test).
-    for profile, present, absent in (("gpu", "lift", "lift-demo"), ("demo", "lift-demo", "lift")):
+    for profile, present in SCORING.items():
         proc = _config(compose_v2, "--profile", profile)
         assert proc.returncode == 0, proc.stderr
         services = set(yaml.safe_load(proc.stdout)["services"])
-        assert present in services and absent not in services and {"prometheus", "grafana"} <= services
+        assert services == {present, "prometheus", "grafana"}, (profile, services)
 
 
 def test_profiles_are_set(resolved: dict[str, Any]) -> None:
     services = resolved["services"]
     assert services["lift"]["profiles"] == ["gpu"] and services["lift-demo"]["profiles"] == ["demo"]
+    assert services["lift-critics"]["profiles"] == ["critics"]
     assert "profiles" not in services["prometheus"] and "profiles" not in services["grafana"]
 
 
@@ -93,6 +97,39 @@ def test_gpu_service(resolved: dict[str, Any]) -> None:
     assert env["LIFT_HOST"] == "0.0.0.0" and str(env["LIFT_PORT"]) == "8000"
 
 
+def test_critics_service_serves_several_critics_on_the_gpu_service(resolved: dict[str, Any]) -> None:
+    from service.app.settings import ServiceSettings
+
+    services = resolved["services"]
+    lift, critics = services["lift"], services["lift-critics"]
+    # The GPU service itself (image, build, GPUs, shm, restart, port, alias), with other critics and mounts.
+    for key in ("image", "build", "deploy", "shm_size", "init", "restart", "ports", "networks"):
+        assert critics[key] == lift[key], key
+    env = _env_of(critics)
+    dirs = ServiceSettings(critics=env["LIFT_CRITICS"]).critic_dirs()  # the real service's reading
+    assert list(dirs) == ["lift", "videoscore2"]
+    mounts = _volume_targets(critics)
+    assert set(mounts) == {"/models"} and mounts["/models"]["read_only"], "one read-only folder of critic folders"
+    assert Path(mounts["/models"]["source"]) == REPO / "deploy" / "models"
+    assert all(str(d).startswith("/models/") for d in dirs.values())
+    # Every setting the GPU service passes through, plus the GPU memory share the critics split.
+    assert set(env) == set(_env_of(lift)) | {"LIFT_CRITICS", "LIFT_GPU_MEMORY_UTILIZATION"}
+    assert "LIFT_MODEL" not in env  # the entrypoint drops the image's LIFT_MODEL when LIFT_CRITICS is set
+
+
+def test_critics_follow_the_shell(compose: str) -> None:
+    env = _env() | {"LIFT_CRITICS": "videoscore2=/models/vs2,lift=/models/lift-13b", "LIFT_CRITICS_DIR": "/srv/critics",
+                    "LIFT_GPU_MEMORY_UTILIZATION": "0.8"}
+    proc = subprocess.run([compose, "-f", str(COMPOSE), "--profile", "critics", "config"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    critics = yaml.safe_load(proc.stdout)["services"]["lift-critics"]
+    got = _env_of(critics)
+    assert got["LIFT_CRITICS"] == "videoscore2=/models/vs2,lift=/models/lift-13b"
+    assert str(got["LIFT_GPU_MEMORY_UTILIZATION"]) == "0.8"
+    assert _volume_targets(critics)["/models"]["source"] == "/srv/critics"
+
+
 def test_demo_service(resolved: dict[str, Any]) -> None:
     demo = resolved["services"]["lift-demo"]
     assert demo["build"]["args"]["VARIANT"] == "cpu"
@@ -102,7 +139,7 @@ def test_demo_service(resolved: dict[str, Any]) -> None:
 
 def test_prometheus_reaches_either_service_and_grafana_gets_its_files(resolved: dict[str, Any]) -> None:
     services = resolved["services"]
-    for name in ("lift", "lift-demo"):
+    for name in ("lift", "lift-demo", "lift-critics"):
         assert "lift" in services[name]["networks"]["default"]["aliases"]
         assert any(str(p["target"] if isinstance(p, dict) else p).endswith("8000") for p in services[name]["ports"])
     prom_conf = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())

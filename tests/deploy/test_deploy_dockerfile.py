@@ -245,6 +245,19 @@ def test_entrypoint_missing_model_is_one_clear_error(tmp_path: Path) -> None:
     assert "no model folder" in proc.stderr and "LIFT_DEMO=1" in proc.stderr
 
 
+def test_entrypoint_critics_mode_serves_the_pairs_not_the_images_model(tmp_path: Path) -> None:
+    # The image sets LIFT_MODEL=/models/critic; with LIFT_CRITICS the entrypoint must drop it (the service refuses
+    # both) and pass no --model: the real CLI then checks the pairs themselves.
+    (tmp_path / "lift").mkdir()
+    image_env = {"LIFT_MODEL": "/models/critic", "LIFT_ENGINE": "transformers"}
+    proc = _entrypoint(image_env | {"LIFT_CRITICS": f"lift={tmp_path / 'lift'},videoscore2={tmp_path / 'absent'}"})
+    assert proc.returncode == 2, proc.stderr
+    assert f"--critic videoscore2={tmp_path / 'absent'}: not a folder" in proc.stderr
+    assert "leave out --model" not in proc.stderr and "no model folder" not in proc.stderr
+    proc = _entrypoint(image_env | {"LIFT_CRITICS": f"lift={tmp_path / 'lift'}", "LIFT_ENGINE": "bogus"})
+    assert proc.returncode == 2 and "--engine: invalid choice: 'bogus'" in proc.stderr
+
+
 def test_image_script_passes_only_build_arguments_the_dockerfile_declares() -> None:
     """`make image` and the Dockerfile cannot drift apart: every --build-arg it sets is an ARG of the file."""
     declared = set()

@@ -7,6 +7,7 @@ here. Then what the objects mean: probes, /dev/shm, GPUs, non-root, selectors th
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,31 @@ LABEL_JOB: dict[str, Any] = {
                  "extraArgs": ["--max-reason-tokens", 64], "tolerations": [{"key": "spot", "operator": "Exists"}]},
 }
 
+# Several critics: two critics, one weights claim and one NFS share.
+CRITICS: list[dict[str, Any]] = [
+    {"name": "lift", "model": {"existingClaim": "lift-critic-weights", "path": "/models/lift/critic"}},
+    {"name": "videoscore2", "model": {"volume": {"nfs": {"server": "nfs.example.com", "path": "/exports/vs2",
+                                                         "readOnly": True}}}},
+]
+CRITICS_TOGETHER: dict[str, Any] = {"critics": CRITICS, "criticsMode": "together", "gpu": {"count": 2},
+                                    "ingress": {"enabled": True, "className": "nginx", "host": "lift.example.com"}}
+CRITICS_SEPARATE: dict[str, Any] = {
+    "criticsMode": "separate",
+    "critics": [CRITICS[0] | {"replicas": 3, "gpu": {"count": 2}, "env": {"LIFT_MAX_INFLIGHT": "8"},
+                              "resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "96Gi"}}},
+                CRITICS[1] | {"replicas": 1}],
+    "env": {"LIFT_MAX_INFLIGHT": "16", "LIFT_MAX_QUEUE": "64"},
+    "apiKeys": {"existingSecret": "lift-api-keys", "key": "keys"},
+    "ingress": {"enabled": True, "className": "nginx", "host": "lift.example.com",
+                "tls": [{"secretName": "lift-tls", "hosts": ["lift.example.com"]}]},
+    "metrics": {"serviceMonitor": {"enabled": True}},
+    "autoscaling": {"enabled": True, "mode": "keda", "minReplicas": 1, "maxReplicas": 4, "targetQueueDepth": 4},
+    "labelJob": LABEL_JOB["labelJob"],
+}
+
 VALUE_SETS = {"default": {}, "all-features-hpa": ALL_FEATURES, "all-features-keda": KEDA, "demo": DEMO, "all-off": ALL_OFF,
-              "label-job": LABEL_JOB}
+              "label-job": LABEL_JOB, "critics-together": CRITICS_TOGETHER, "critics-separate": CRITICS_SEPARATE,
+              "critics-separate-hpa": CRITICS_SEPARATE | {"autoscaling": ALL_FEATURES["autoscaling"]}}
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +179,7 @@ def _check_service_monitor(sm: dict[str, Any], service: dict[str, Any]) -> None:
             assert isinstance(ep[key], str) and ep[key][-1] in "smh", ep
 
 
-def _check_scaled_object(so: dict[str, Any], deploy: dict[str, Any], check_promql) -> None:
+def _check_scaled_object(so: dict[str, Any], deploy: dict[str, Any], check_promql, service: str = FULLNAME) -> None:
     assert so["apiVersion"] == "keda.sh/v1alpha1" and so["metadata"]["name"]
     spec = so["spec"]
     assert spec["scaleTargetRef"]["name"] == deploy["metadata"]["name"]  # the one required field of scaleTargetRef
@@ -171,7 +195,7 @@ def _check_scaled_object(so: dict[str, Any], deploy: dict[str, Any], check_promq
         assert {"serverAddress", "query", "threshold"} <= set(meta)
         assert float(meta["threshold"]) > 0 and meta["serverAddress"].startswith("http")
         assert check_promql(meta["query"], "ScaledObject query") == {"lift_queued_requests"}
-        assert f'namespace="{NAMESPACE}"' in meta["query"] and f'service="{FULLNAME}"' in meta["query"]
+        assert f'namespace="{NAMESPACE}"' in meta["query"] and f'service="{service}"' in meta["query"]
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))
@@ -186,12 +210,17 @@ def test_rendered_objects_are_valid(chart: helm.Chart, name: str, yaml_strict, c
                 kubernetes_validate.validate(obj, kube, strict=True)
             except kubernetes_validate.ValidationError as exc:
                 pytest.fail(f"{name}: {obj['kind']} {obj['metadata']['name']} invalid for Kubernetes {kube}: {exc.message}")
-    deploy, service = _one(objects, "Deployment"), _one(objects, "Service")
+    # One Deployment and Service, or with criticsMode separate one of each per critic, of the same name.
+    deploys = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    assert deploys and set(deploys) == set(services)
     for obj in objects:
         if obj["kind"] == "ServiceMonitor":
-            _check_service_monitor(obj, service)
+            for service in services.values():
+                _check_service_monitor(obj, service)
         elif obj["kind"] == "ScaledObject":
-            _check_scaled_object(obj, deploy, check_promql)
+            target = obj["spec"]["scaleTargetRef"]["name"]
+            _check_scaled_object(obj, deploys[target], check_promql, service=target)
         assert obj["metadata"]["name"].startswith(FULLNAME)
 
 
@@ -388,3 +417,230 @@ def test_label_job_values_are_checked(chart: helm.Chart) -> None:
                          ({"shards": 2, "parallelism": 3}, "parallelism .* must not exceed labelJob.shards")):
         with pytest.raises(helm.HelmRenderError, match=message):
             chart.render({"labelJob": {**on, **bad}}, name=RELEASE, namespace=NAMESPACE)
+
+
+# ---- several critics: together in one pod, or one Deployment per critic ---------------------------------
+
+def _by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+def _critic_dirs(env: dict[str, Any]) -> dict[str, Path]:
+    """LIFT_CRITICS as the real service reads it (names checked against service.critics)."""
+    from service.app.settings import ServiceSettings
+
+    return ServiceSettings(critics=env["LIFT_CRITICS"]).critic_dirs()
+
+
+def _check_weights_mounted(deploy: dict[str, Any], dirs: dict[str, Path], critics: list[dict[str, Any]]) -> None:
+    """Every critic folder lies in (or is) a read-only mount of that critic's own volume, as the values say."""
+    pod = deploy["spec"]["template"]["spec"]
+    c = _container(deploy)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert "model" not in volumes and "LIFT_MODEL" not in _env(c), "LIFT_CRITICS replaces the single critic"
+    assert set(dirs) == {x["name"] for x in critics}
+    for critic in critics:
+        name = critic["name"]
+        mount = mounts[f"model-{name}"]
+        assert mount["readOnly"] is True
+        folder = str(dirs[name])
+        assert folder == mount["mountPath"] or folder.startswith(mount["mountPath"] + "/"), (name, folder, mount)
+        volume = volumes[f"model-{name}"]
+        if "volume" in critic["model"]:
+            assert volume == {"name": f"model-{name}", **critic["model"]["volume"]}
+        else:
+            assert volume["persistentVolumeClaim"] == {"claimName": critic["model"]["existingClaim"], "readOnly": True}
+    # No two critics share a mount point.
+    assert len({m["mountPath"] for m in c["volumeMounts"]}) == len(c["volumeMounts"])
+
+
+def test_critic_names_are_the_services() -> None:
+    from service.critics import CRITIC_NAMES
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["critics"]["items"]["properties"]["name"]["enum"] == list(CRITIC_NAMES)
+
+
+def test_critic_values_leave_the_single_critic_render_alone(chart: helm.Chart) -> None:
+    # Without critics, neither criticsMode nor the (disabled) ingress values change a single byte.
+    for base in ({}, ALL_FEATURES, KEDA, LABEL_JOB):
+        plain = chart.render(base, name=RELEASE, namespace=NAMESPACE)
+        for extra in ({"critics": [], "criticsMode": "separate"},
+                      {"criticsMode": "together", "ingress": {"enabled": False, "controller": "other"}}):
+            assert chart.render(copy.deepcopy(base) | extra, name=RELEASE, namespace=NAMESPACE) == plain
+
+
+def test_critics_together_one_pod_serves_every_critic(chart: helm.Chart, yaml_strict) -> None:
+    objects = _render(chart, CRITICS_TOGETHER, yaml_strict)
+    deploy, service = _one(objects, "Deployment"), _one(objects, "Service")
+    assert deploy["metadata"]["name"] == service["metadata"]["name"] == FULLNAME  # the single critic's names
+    c = _container(deploy)
+    env = _env(c)
+    dirs = _critic_dirs(env)
+    assert list(dirs) == ["lift", "videoscore2"], "the first listed answers requests that name none"
+    assert dirs == {"lift": Path("/models/lift/critic"), "videoscore2": Path("/models/videoscore2")}
+    _check_weights_mounted(deploy, dirs, CRITICS)
+    # One pod, its GPUs shared by both engines (the service splits GPU memory between them).
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 2 and env["LIFT_TENSOR_PARALLEL_SIZE"] == "2"
+    assert deploy["spec"]["replicas"] == 1
+    pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert _matches(service["spec"]["selector"], pod_labels)
+    assert _matches(_one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], pod_labels)
+    # The Ingress sends everything to the one Service; requests pick a critic by `model` there.
+    ingress = _one(objects, "Ingress")
+    rule = ingress["spec"]["rules"][0]
+    assert rule["host"] == "lift.example.com" and ingress["spec"]["ingressClassName"] == "nginx"
+    assert rule["http"]["paths"] == [{"path": "/", "pathType": "Prefix",
+                                      "backend": {"service": {"name": FULLNAME, "port": {"name": "http"}}}}]
+    assert "nginx.ingress.kubernetes.io/rewrite-target" not in ingress["metadata"]["annotations"]
+
+
+def _nginx_route(ingress: dict[str, Any], url_path: str) -> tuple[str, str] | None:
+    """(service, path the pod sees) for a request path, as ingress-nginx with use-regex and rewrite-target does:
+    the paths are regexes matched at the start, longest first; rewrite-target's $N are the path's groups."""
+    import re
+
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/use-regex"] == "true"
+    target = annotations["nginx.ingress.kubernetes.io/rewrite-target"]
+    paths = sorted(ingress["spec"]["rules"][0]["http"]["paths"], key=lambda p: -len(p["path"]))
+    for p in paths:
+        assert p["pathType"] == "ImplementationSpecific"
+        m = re.match(p["path"], url_path, flags=re.IGNORECASE)
+        if m:
+            rewritten = re.sub(r"\$(\d)", lambda g: m.group(int(g.group(1))) or "", target)
+            return p["backend"]["service"]["name"], rewritten
+    return None
+
+
+def test_critics_separate_one_deployment_and_service_per_critic(chart: helm.Chart, yaml_strict) -> None:
+    objects = _render(chart, CRITICS_SEPARATE, yaml_strict)
+    names = {"lift": f"{FULLNAME}-lift", "videoscore2": f"{FULLNAME}-videoscore2"}
+    deploys, services = _by_kind(objects, "Deployment"), _by_kind(objects, "Service")
+    assert set(deploys) == set(services) == set(names.values()), "no combined Service: requests for critics differ"
+    for critic, values in zip(names, CRITICS_SEPARATE["critics"]):
+        deploy = deploys[names[critic]]
+        c = _container(deploy)
+        env = _env(c)
+        dirs = _critic_dirs(env)
+        assert list(dirs) == [critic], "each pod serves its own critic, under its name (the /v1/models id)"
+        _check_weights_mounted(deploy, dirs, [values])
+        gpus = values.get("gpu", {}).get("count", 1)
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == gpus and env["LIFT_TENSOR_PARALLEL_SIZE"] == str(gpus)
+        assert "replicas" not in deploy["spec"], "the autoscaler owns replicas"
+        # The chart's env, with the critic's own over it; the API keys reach every critic.
+        assert env["LIFT_MAX_INFLIGHT"] == values.get("env", {}).get("LIFT_MAX_INFLIGHT", "16")
+        assert env["LIFT_MAX_QUEUE"] == "64" and env["LIFT_API_KEYS"]["secretKeyRef"]["name"] == "lift-api-keys"
+        assert c["resources"]["requests"]["cpu"] == values.get("resources", {}).get("requests", {}).get("cpu", "4")
+    lift_c = _container(deploys[names["lift"]])
+    assert lift_c["resources"]["limits"]["memory"] == "96Gi" and lift_c["resources"]["requests"]["memory"] == "64Gi"
+
+    # Each Service, PDB and autoscaler finds its own critic's pods and only those.
+    pdbs, scalers = _by_kind(objects, "PodDisruptionBudget"), _by_kind(objects, "ScaledObject")
+    assert set(pdbs) == set(scalers) == set(names.values())
+    for name, deploy in deploys.items():
+        own = deploy["spec"]["template"]["metadata"]["labels"]
+        assert _matches(deploy["spec"]["selector"]["matchLabels"], own)
+        for other_name, other in deploys.items():
+            labels = other["spec"]["template"]["metadata"]["labels"]
+            same = other_name == name
+            assert _matches(services[name]["spec"]["selector"], labels) == same
+            assert _matches(pdbs[name]["spec"]["selector"]["matchLabels"], labels) == same
+            assert _matches(deploy["spec"]["selector"]["matchLabels"], labels) == same
+        assert scalers[name]["spec"]["scaleTargetRef"]["name"] == name
+        assert f'service="{name}"' in scalers[name]["spec"]["triggers"][0]["metadata"]["query"]
+    # One ServiceMonitor scrapes every critic's Service (each series carries its own `service`).
+    monitor = _one(objects, "ServiceMonitor")
+    assert all(_matches(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"]) for s in services.values())
+
+    # The entry point: /critics/<name>/... reaches that critic's Service with the prefix cut off.
+    ingress = _one(objects, "Ingress")
+    assert ingress["spec"]["tls"] == CRITICS_SEPARATE["ingress"]["tls"]
+    assert ingress["spec"]["rules"][0]["host"] == "lift.example.com"
+    for p in ingress["spec"]["rules"][0]["http"]["paths"]:
+        service = services[p["backend"]["service"]["name"]]
+        assert p["backend"]["service"]["port"]["name"] in {x["name"] for x in service["spec"]["ports"]}
+    # The largest request the service takes (a base64 video) passes nginx, and a slow score is waited for.
+    from service.app.settings import ServiceSettings
+
+    annotations = ingress["metadata"]["annotations"]
+    body = annotations["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert body.endswith("m") and int(body[:-1]) * 2**20 >= ServiceSettings().max_body_bytes > (int(body[:-1]) - 1) * 2**20
+    assert float(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > ServiceSettings().request_timeout_s
+    assert _nginx_route(ingress, "/critics/lift/v1/score") == (names["lift"], "/v1/score")
+    assert _nginx_route(ingress, "/critics/videoscore2/v1/score/batch") == (names["videoscore2"], "/v1/score/batch")
+    assert _nginx_route(ingress, "/critics/videoscore2/v1/models") == (names["videoscore2"], "/v1/models")
+    assert _nginx_route(ingress, "/critics/lift") == (names["lift"], "/")
+    assert _nginx_route(ingress, "/critics/liftx/v1/score") is None
+    assert _nginx_route(ingress, "/v1/score") is None
+
+    # `helm test` checks every critic; the labeling Job scores with the first critic unless told otherwise.
+    script = " ".join(_one(objects, "Pod")["spec"]["containers"][0]["args"])
+    for name in names.values():
+        assert f'base="http://{name}:8000"' in script
+    assert script.count('"$base/health"') == script.count('"$base/ready"') == 2
+    job = _one(objects, "Job")["spec"]["template"]["spec"]["containers"][0]
+    assert job["args"][job["args"].index("--server") + 1] == f"http://{names['lift']}:8000"
+
+
+def test_ingress_body_size_follows_the_services_limit(chart: helm.Chart, yaml_strict) -> None:
+    from service.app.settings import ServiceSettings
+
+    for env in ({"LIFT_MAX_VIDEO_BYTES": "268435456"}, {"LIFT_MAX_VIDEO_BYTES": 1000, "LIFT_MAX_FRAMES_BYTES": "50000000"}):
+        ingress = _one(_render(chart, CRITICS_TOGETHER | {"env": env}, yaml_strict), "Ingress")
+        body = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+        limit = ServiceSettings(max_video_bytes=int(env["LIFT_MAX_VIDEO_BYTES"]),
+                                max_frames_bytes=int(env.get("LIFT_MAX_FRAMES_BYTES", env["LIFT_MAX_VIDEO_BYTES"]))).max_body_bytes
+        assert int(body[:-1]) * 2**20 >= limit > (int(body[:-1]) - 1) * 2**20, (env, body)
+    # Annotations given in values win over the chart's own.
+    values = CRITICS_TOGETHER | {"ingress": {"enabled": True, "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "1g"}}}
+    ingress = _one(_render(chart, values, yaml_strict), "Ingress")
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] == "1g"
+
+
+def test_critics_separate_without_autoscaling_takes_each_critics_replicas(chart: helm.Chart, yaml_strict) -> None:
+    values = CRITICS_SEPARATE | {"autoscaling": {"enabled": False}, "replicaCount": 2,
+                                 "critics": [CRITICS[0] | {"replicas": 3}, CRITICS[1]]}
+    deploys = _by_kind(_render(chart, values, yaml_strict), "Deployment")
+    assert deploys[f"{FULLNAME}-lift"]["spec"]["replicas"] == 3
+    assert deploys[f"{FULLNAME}-videoscore2"]["spec"]["replicas"] == 2  # replicaCount when a critic says none
+
+
+def test_critics_separate_ingress_for_other_controllers(chart: helm.Chart, yaml_strict) -> None:
+    values = CRITICS_SEPARATE | {"ingress": {"enabled": True, "controller": "other", "pathPrefix": "/score",
+                                             "annotations": {"example.com/strip": "true"}}}
+    ingress = _one(_render(chart, values, yaml_strict), "Ingress")
+    assert ingress["metadata"]["annotations"] == {"example.com/strip": "true"}  # no nginx rewrite
+    assert "ingressClassName" not in ingress["spec"] and "host" not in ingress["spec"]["rules"][0]
+    assert [(p["path"], p["pathType"], p["backend"]["service"]["name"]) for p in ingress["spec"]["rules"][0]["http"]["paths"]] == \
+        [("/score/lift", "Prefix", f"{FULLNAME}-lift"), ("/score/videoscore2", "Prefix", f"{FULLNAME}-videoscore2")]
+
+
+def test_critics_values_are_checked(chart: helm.Chart) -> None:
+    for bad, where in (({"critics": [{"name": "videoscore3", "model": {"existingClaim": "w"}}]}, "/critics/0/name"),
+                       ({"critics": [{"name": "lift"}]}, "model"),
+                       ({"critics": [{"name": "lift", "model": {"existingClaim": "w", "path": "models"}}]},
+                        "/critics/0/model/path"),
+                       ({"critics": [{"name": "lift", "model": {"claim": "w"}}]}, "claim"),
+                       ({"critics": [{"name": "lift", "model": {"existingClaim": "w"}, "replica": 2}]}, "replica"),
+                       ({"critics": [{"name": "lift", "model": {"existingClaim": "w"}, "env": {"MAX": "1"}}]}, "MAX"),
+                       ({"criticsMode": "both"}, "/criticsMode"),
+                       ({"ingress": {"enabled": True, "controller": "traefik"}}, "/ingress/controller"),
+                       ({"ingress": {"enabled": True, "pathPrefix": "critics/"}}, "/ingress/pathPrefix")):
+        with pytest.raises(helm.HelmValuesError, match=where):
+            chart.render(bad, name=RELEASE, namespace=NAMESPACE)
+    lift = {"name": "lift", "model": {"existingClaim": "w"}}
+    for bad, message in (({"critics": [lift, lift]}, '"lift" is listed twice'),
+                         ({"critics": [{"name": "lift", "model": {"existingClaim": "w", "path": "/data/lift"}}]},
+                          r"model.path \(/data/lift\) must be model.mountPath \(/models/lift\) or lie under it"),
+                         ({"critics": [{"name": "lift", "model": {"existingClaim": ""}}]},
+                          "model.existingClaim or model.volume must say where its weights are"),
+                         ({"critics": [lift | {"replicas": 2}]}, r"critics\[0\].replicas is per critic in criticsMode separate"),
+                         ({"critics": [lift | {"gpu": {"count": 2}}], "criticsMode": "together"}, r"critics\[0\].gpu is per critic"),
+                         ({"critics": [lift], "demo": {"enabled": True}}, "leave critics empty in demo mode"),
+                         ({"critics": [lift], "criticsMode": "separate",
+                           "autoscaling": {"enabled": True, "keda": {"query": "sum(lift_queued_requests)"}}},
+                          "autoscaling.keda.query is one query")):
+        with pytest.raises(helm.HelmRenderError, match=message):
+            chart.render(bad, name=RELEASE, namespace=NAMESPACE)

@@ -53,12 +53,17 @@ Resources: the values' resources (demo.resources in demo mode) plus the GPU limi
 such as nvidia.com/gpu go in limits; Kubernetes copies them to requests.
 */}}
 {{- define "lift-reward.resources" -}}
-{{- if .Values.demo.enabled }}
-{{- toYaml .Values.demo.resources }}
+{{- include "lift-reward.podResources" (dict "root" . "resources" .Values.resources "gpuCount" .Values.gpu.count) }}
+{{- end }}
+
+{{/* The same for one workload: (dict "root" $ "resources" RESOURCES "gpuCount" N) (a critic's own, separate mode). */}}
+{{- define "lift-reward.podResources" -}}
+{{- if .root.Values.demo.enabled }}
+{{- toYaml .root.Values.demo.resources }}
 {{- else }}
-{{- $res := deepCopy (.Values.resources | default dict) }}
+{{- $res := deepCopy (.resources | default dict) }}
 {{- $limits := deepCopy (get $res "limits" | default dict) }}
-{{- $_ := set $limits .Values.gpu.resourceName (int .Values.gpu.count) }}
+{{- $_ := set $limits .root.Values.gpu.resourceName (int .gpuCount) }}
 {{- $_ := set $res "limits" $limits }}
 {{- toYaml $res }}
 {{- end }}
@@ -84,11 +89,91 @@ readinessProbe:
   {{- include "lift-reward.httpProbe" .Values.probes.readiness | nindent 2 }}
 {{- end }}
 
-{{/* The PromQL query KEDA scales on: queued requests summed over this release's pods. */}}
+{{/*
+The PromQL query KEDA scales on: queued requests summed over one Service's pods (this release's, or in separate
+mode one critic's). Takes (dict "root" $ "service" SERVICE-NAME).
+*/}}
 {{- define "lift-reward.kedaQuery" -}}
-{{- if .Values.autoscaling.keda.query }}
-{{- .Values.autoscaling.keda.query }}
+{{- if .root.Values.autoscaling.keda.query }}
+{{- .root.Values.autoscaling.keda.query }}
 {{- else }}
-{{- printf "sum(lift_queued_requests{namespace=\"%s\", service=\"%s\"})" .Release.Namespace (include "lift-reward.fullname" .) }}
+{{- printf "sum(lift_queued_requests{namespace=\"%s\", service=\"%s\"})" .root.Release.Namespace .service }}
+{{- end }}
+{{- end }}
+
+{{/*
+Several critics (`critics`, `criticsMode`). "separate" is true when every critic gets its own Deployment and
+Service; with `critics` empty, or in "together" mode, there is one Deployment and one Service as always.
+*/}}
+{{- define "lift-reward.separate" -}}
+{{- if and .Values.critics (eq .Values.criticsMode "separate") }}true{{ end }}
+{{- end }}
+
+{{/* A critic's object name: "<fullname>-<critic>". Takes (dict "root" $ "name" NAME). */}}
+{{- define "lift-reward.criticFullname" -}}
+{{- printf "%s-%s" (include "lift-reward.fullname" .root) .name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The label that tells one critic's pods from another's (separate mode only). */}}
+{{- define "lift-reward.criticLabel" -}}
+lift-reward/critic: {{ . }}
+{{- end }}
+
+{{/*
+The scoring workloads as a YAML list, one entry per Deployment: {name, critic} where name is the object name of
+its Deployment, Service, PDB and autoscaler, and critic is empty unless each critic runs on its own.
+*/}}
+{{- define "lift-reward.workloads" -}}
+{{- if include "lift-reward.separate" . }}
+{{- range .Values.critics }}
+- name: {{ include "lift-reward.criticFullname" (dict "root" $ "name" .name) }}
+  critic: {{ .name }}
+{{- end }}
+{{- else }}
+- name: {{ include "lift-reward.fullname" . }}
+  critic: ""
+{{- end }}
+{{- end }}
+
+{{/* A critic's mount point (default /models/<name>) and folder (default: the mount point itself). */}}
+{{- define "lift-reward.criticMountPath" -}}
+{{- (.model | default dict).mountPath | default (printf "/models/%s" .name) }}
+{{- end }}
+
+{{- define "lift-reward.criticPath" -}}
+{{- (.model | default dict).path | default (include "lift-reward.criticMountPath" .) }}
+{{- end }}
+
+{{/* Checks on `critics` that a schema cannot express; fails with a message naming the value to change. */}}
+{{- define "lift-reward.checkCritics" -}}
+{{- if .Values.critics }}
+{{- if .Values.demo.enabled }}
+{{- fail "demo.enabled serves the tiny demo critic: leave critics empty in demo mode" }}
+{{- end }}
+{{- $seen := dict }}
+{{- range $i, $c := .Values.critics }}
+{{- if hasKey $seen $c.name }}
+{{- fail (printf "critics: %q is listed twice (each critic once; its name is its /v1/models id)" $c.name) }}
+{{- end }}
+{{- $_ := set $seen $c.name true }}
+{{- $mount := trimSuffix "/" (include "lift-reward.criticMountPath" $c) }}
+{{- $path := include "lift-reward.criticPath" $c }}
+{{- if not (or (eq (trimSuffix "/" $path) $mount) (hasPrefix (printf "%s/" $mount) $path)) }}
+{{- fail (printf "critics[%d] (%s): model.path (%s) must be model.mountPath (%s) or lie under it" $i $c.name $path $mount) }}
+{{- end }}
+{{- if not (or ($c.model | default dict).existingClaim ($c.model | default dict).volume) }}
+{{- fail (printf "critics[%d] (%s): model.existingClaim or model.volume must say where its weights are" $i $c.name) }}
+{{- end }}
+{{- if eq $.Values.criticsMode "together" }}
+{{- range $key := list "replicas" "resources" "gpu" "env" }}
+{{- if hasKey $c $key }}
+{{- fail (printf "critics[%d].%s is per critic in criticsMode separate; together, the one pod takes the chart's own (replicaCount, resources, gpu, env)" $i $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and (include "lift-reward.separate" .) .Values.autoscaling.enabled (eq .Values.autoscaling.mode "keda") .Values.autoscaling.keda.query }}
+{{- fail "autoscaling.keda.query is one query; with criticsMode separate leave it empty: each critic's ScaledObject queries its own Service" }}
+{{- end }}
 {{- end }}
 {{- end }}
