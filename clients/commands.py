@@ -100,7 +100,8 @@ def _register_score(sub: Any) -> None:
     _add_server_options(p, "or --model")
     p.add_argument("--model", type=Path, default=None, help="critic checkpoint folder: score locally")
     p.add_argument("--engine", choices=("vllm", "transformers"), default="vllm", help="local engine (with --model)")
-    p.add_argument("--critic", choices=("lift", "cosmos-reason1", "videoscore2", "unifiedreward"), default="lift",
+    p.add_argument("--critic", choices=("lift", "cosmos-reason1", "videoscore2", "unifiedreward", "videoalign"),
+                   default="lift",
                    help="what the --model checkpoint is (service.critics; default lift; a server says its own)")
     p.add_argument("--server-path", action="store_true", help="VIDEO is a path on the server (under LIFT_MEDIA_ROOT)")
     _add_score_options(p)

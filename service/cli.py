@@ -19,7 +19,7 @@ FATAL_DRAIN_S = 5.0  # after the engine is lost: how long in-flight requests get
 FATAL_LINGER_S = 2.0
 
 
-CRITIC_CHOICES = ("lift", "cosmos-reason1", "videoscore2", "unifiedreward")  # service.critics.CRITIC_NAMES
+CRITIC_CHOICES = ("lift", "cosmos-reason1", "videoscore2", "unifiedreward", "videoalign")  # service.critics.CRITIC_NAMES
 
 
 def register(subparsers: Any) -> None:
@@ -80,6 +80,9 @@ def register(subparsers: Any) -> None:
     from service.families.vila.cli import register as register_vila  # convert-vila
 
     register_vila(subparsers)
+    from service.families.videoalign.cli import register as register_videoalign  # convert-videoalign
+
+    register_videoalign(subparsers)
 
 
 def make_tiny_critic_command(args: argparse.Namespace) -> int:
@@ -94,6 +97,16 @@ def make_tiny_critic_command(args: argparse.Namespace) -> int:
         raise InvalidRequest("--non-lora-trainables describes the LoRA release: add --with-lora")
     if args.preset != "tiny" and args.vision == "internvit":
         raise InvalidRequest("--preset realistic is 13B-shaped: use --vision siglip (the default)")
+    if args.critic == "videoalign":  # a release in VideoAlign's layout, to be converted
+        if args.family != "qwen2_vl" or any(vila_only.values()) or args.preset != "tiny":
+            raise InvalidRequest("--critic videoalign is a tiny Qwen2-VL release: leave --family and --preset")
+        from service.tiny_critics.videoalign import build_tiny_videoalign_release
+
+        release = build_tiny_videoalign_release(args.dir, seed=args.seed)
+        print(release)
+        print(f"VideoAlign's release layout; to serve it: lift convert-videoalign --release {release} --out OUT && "
+              f"lift serve --critic videoalign --model OUT", file=sys.stderr)
+        return 0
     if args.critic != "lift":
         if args.family != "qwen2_vl" or any(vila_only.values()):
             raise InvalidRequest(f"--critic {args.critic} is a Qwen2.5-VL model: leave --family at qwen2_vl")

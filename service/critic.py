@@ -19,7 +19,7 @@ import numpy as np
 
 from service.critics import DEFAULT_CRITIC, load_spec
 from service.critics.runner import Decode, run_queries
-from service.critics.spec import CriticSpec, LabelChannel, PixelRule
+from service.critics.spec import CriticSpec, HeadChannel, LabelChannel, PixelRule
 from service.engines import CriticEngine, CriticQuery, SamplingOptions, create_engine
 from service.engines.base import DEFAULT_MAX_REASON_TOKENS
 from service.errors import AnswerParseError, EngineDead, EngineNotReady, InvalidRequest
@@ -86,6 +86,18 @@ class Critic:
             frames = spec.media.frames
             engine_options["limit_mm_per_prompt"] = {"video": 0, "image": max(frames.count, frames.max_frames
                                                                                if frames.kind != "floor" else 0)}
+        heads = [q.channel for q in spec.queries if isinstance(q.channel, HeadChannel)]
+        if heads:  # a reward head on hidden states
+            from service.critics.head import check_head
+
+            check_head(path, spec)  # the head file beside the checkpoint, before any engine starts
+            if engine == "vllm":  # runs as a pooling model: hidden states out, no generation
+                from service.engines.vllm_engine import pooling_engine_args
+
+                engine_options["extra_engine_args"] = {**pooling_engine_args(heads[0].positions),
+                                                       **(engine_options.get("extra_engine_args") or {})}
+            else:
+                engine_options.setdefault("positions", heads[0].positions)
         return cls(create_engine(engine, path, **engine_options), path, model_name=model_name, limits=limits,
                    num_frames=num_frames, scoring=scoring, critic=spec, parse_failure_value=parse_failure_value)
 
@@ -253,7 +265,8 @@ class Critic:
         t2 = time.perf_counter()
         scores = {d: s.score for d, s in dims.items()}
         expected = {d: s.expected_score for d, s in dims.items()}
-        r = self.spec.reward(scores)
+        # a critic whose reward is over its own values (VideoAlign's Overall = VQ + MQ + TA) gets those
+        r = self.spec.reward({d: s.value for d, s in dims.items()} if self.spec.reward_over == "value" else scores)
         er = self.spec.reward(expected) if all(v is not None for v in expected.values()) else None  # type: ignore[arg-type]
         timings = {"decode": (t1 - t0) * 1000, "engine": (t2 - t1) * 1000, "total": (time.perf_counter() - t0) * 1000}
         query = self.spec.queries[0]

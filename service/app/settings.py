@@ -29,9 +29,9 @@ class ServiceSettings(BaseSettings):
 
     model: Path | None = Field(None, description="Critic checkpoint folder.")
     engine: Literal["vllm", "transformers"] = Field("vllm", description="Inference engine.")
-    critic: Literal["lift", "cosmos-reason1", "videoscore2", "unifiedreward"] = Field(
+    critic: Literal["lift", "cosmos-reason1", "videoscore2", "unifiedreward", "videoalign"] = Field(
         "lift", description="What the checkpoint is, so what it is asked and how its answers are read "
-        "(service.critics): lift (LiFT-Critic), cosmos-reason1, videoscore2, unifiedreward.")
+        "(service.critics): lift (LiFT-Critic), cosmos-reason1, videoscore2, unifiedreward, videoalign.")
     critics: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Several critics in one deployment: NAME=DIR pairs, comma-separated "
         "(`lift serve --critic lift=DIR --critic videoscore2=DIR`): NAME is the critic (service.critics) and its "

@@ -4,6 +4,7 @@
     cosmos-reason1  NVIDIA Cosmos-Reason1-7B-Reward: P("No" anomaly) at the answer's first token
     videoscore2     TIGER-Lab VideoScore2: a rationale, then three 1-5 scores, soft scores from digit probabilities
     unifiedreward   CodeGoat24 UnifiedReward 2.0, pointwise video: three 1-5 scores from 16 frames as images
+    videoalign      KwaiVGI VideoReward (VideoAlign): a reward head at three reward tokens, VQ/MQ/TA + Overall
 
 `load_spec(name)` gives a critic's `CriticSpec` (service.critics.spec); `service.critics.runner` runs it.
 """
@@ -19,6 +20,7 @@ CRITICS: dict[str, str] = {
     "cosmos-reason1": "service.critics.cosmos_reason1",
     "videoscore2": "service.critics.videoscore2",
     "unifiedreward": "service.critics.unifiedreward",
+    "videoalign": "service.critics.videoalign",
 }
 CRITIC_NAMES: tuple[str, ...] = tuple(CRITICS)
 DEFAULT_CRITIC = "lift"

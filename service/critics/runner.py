@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from service.critics.spec import CriticSpec, GeneratedScoresChannel, ProbeChannel, Query
+from service.critics.spec import CriticSpec, GeneratedScoresChannel, HeadChannel, ProbeChannel, Query
 from service.errors import UnparsableAnswer
 from service.families.base import ChatPrompt
 from service.media import VideoFrames
@@ -63,6 +63,10 @@ async def run_query(spec: CriticSpec, query: Query, engine: Any, video: VideoFra
                                      rationale=None)}
     if isinstance(channel, GeneratedScoresChannel):
         return await _generated_scores(spec, query, channel, engine, chat, video, decode, failure_value)
+    if isinstance(channel, HeadChannel):  # a reward head on hidden states (service.critics.head)
+        from service.critics.head import read_head
+
+        return await read_head(spec, query, channel, engine, chat, video)
     raise TypeError(f"{spec.name}: the {type(channel).__name__} is served by the engine's label path, not here")
 
 

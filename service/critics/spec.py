@@ -149,7 +149,35 @@ def expected_value(probabilities: Mapping[str, float]) -> float:
     return float(sum(float(d) * p for d, p in probabilities.items()))
 
 
-Channel = LabelChannel | ProbeChannel | GeneratedScoresChannel
+@dataclass(frozen=True)
+class HeadChannel:
+    """No generation: a linear reward head read on the final hidden state at reward tokens the prompt itself
+    carries (VideoAlign: its `rm_head` at `<|VQ_reward|>`, `<|MQ_reward|>`, `<|TA_reward|>`). The engine returns
+    the hidden states at those tokens' (first) positions; the runner applies the checkpoint's head (`head_file`,
+    beside the weights) in float32. Per dimension: the token, the head output read there, and (mean, std);
+    `value` is (raw - mean) / std when `normalised`, else the raw output; the [0, 1] score is sigmoid(value)."""
+
+    tokens: Mapping[str, str]  # dimension -> the reward token whose position the head is read at
+    outputs: Mapping[str, int]  # dimension -> the head's output index read at that position
+    norms: Mapping[str, tuple[float, float]]  # dimension -> (mean, std)
+    normalised: bool = True
+    head_file: str = "rm_head.safetensors"
+    # "sequential": every token at its own index in all three M-RoPE sections (no 3-D positions for the frames'
+    # tokens), as the critic's own forward computed them when it was trained and run (VideoAlign)
+    positions: Literal["mrope", "sequential"] = "mrope"
+
+    def value(self, dimension: str, raw: float) -> float:
+        if not self.normalised:
+            return float(raw)
+        mean, std = self.norms[dimension]
+        return float((raw - mean) / std)
+
+    @staticmethod
+    def score(value: float) -> float:
+        return float(1.0 / (1.0 + math.exp(-value))) if value >= 0 else float(math.exp(value) / (1.0 + math.exp(value)))
+
+
+Channel = LabelChannel | ProbeChannel | GeneratedScoresChannel | HeadChannel
 
 
 @dataclass(frozen=True)
@@ -201,6 +229,7 @@ class CriticSpec:
     reward_doc: str = "mean of the dimensions' scores"
     parse_failure_value: float | None = None  # None: a failed parse fails the sample (with the text)
     rationale: bool = False  # whether answers carry a rationale (generated text)
+    reward_over: Literal["score", "value"] = "score"  # `reward` takes the dimensions' [0, 1] scores, or values
     notes: str = ""  # what is unverified without the real weights, choices made
 
     @property

@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from service.errors import EngineError
 from service.families.base import ChatPrompt
 from service.media import VideoFrames
 from service.rubric import DIMENSION_NAMES, LABELS
@@ -77,6 +78,15 @@ class GeneratedText:
     cached_tokens: int = 0
 
 
+@dataclass
+class PooledHidden:
+    """The final hidden state (after the last norm) at the first position of each asked token id in a prompt:
+    what a reward head reads (service.critics.spec.HeadChannel). No generation, no logits."""
+
+    hidden: dict[int, np.ndarray]  # token id -> (hidden_size,) float32
+    prompt_tokens: int = 0
+
+
 @runtime_checkable
 class CriticEngine(Protocol):
     name: str
@@ -96,6 +106,10 @@ class CriticEngine(Protocol):
     async def generate_text(self, chat: ChatPrompt, video: VideoFrames, *, max_tokens: int, temperature: float = 0.0,
                             seed: int | None = None, logprob_token_ids: list[int] | None = None) -> GeneratedText: ...
 
+    async def pool(self, chat: ChatPrompt, video: VideoFrames, token_ids: list[int]) -> PooledHidden:
+        """The final hidden states at the (first) positions of `token_ids` in the prompt (a reward head's input)."""
+        ...
+
     async def stop(self) -> None: ...
 
 
@@ -109,6 +123,21 @@ def select_label(probabilities: dict[str, float], sampling: SamplingOptions, dim
     p /= p.sum()
     seed = None if sampling.seed is None else [sampling.seed, DIMENSION_NAMES.index(dimension)]
     return str(np.random.default_rng(seed).choice(LABELS, p=p))
+
+
+def hidden_at(ids: list[int], states: Any, token_ids: list[int]) -> dict[int, Any]:
+    """Each token id's first position in `ids` -> that row of `states` (one row per id), float32 numpy."""
+    if len(states) != len(ids):
+        raise EngineError(f"the engine returned {len(states)} hidden states for a prompt of {len(ids)} tokens")
+    out: dict[int, Any] = {}
+    for tok in token_ids:
+        try:
+            position = ids.index(tok)
+        except ValueError:
+            raise EngineError(f"token id {tok} is not in the prompt: nothing to read the head at") from None
+        row = states[position]
+        out[tok] = np.asarray(row.float().cpu().numpy() if hasattr(row, "cpu") else row, dtype=np.float32)
+    return out
 
 
 def clean_reason(text: str) -> str:

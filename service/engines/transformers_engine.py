@@ -17,9 +17,11 @@ from service.engines.base import (
     CriticQuery,
     DimensionAnswer,
     GeneratedText,
+    PooledHidden,
     ProbeResult,
     SamplingOptions,
     clean_reason,
+    hidden_at,
     select_label,
 )
 from service.errors import EngineError, EngineNotReady
@@ -31,9 +33,11 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(self, model_dir: str | Path, family: CriticFamily, *, dtype: str = "float32", device: str = "cpu",
-                 num_threads: int | None = None) -> None:
+                 num_threads: int | None = None, positions: str = "mrope") -> None:
         self.model_dir = str(model_dir)
         self.family = family
+        # pool(): "sequential" = every token at its index in all three M-RoPE sections (VideoAlign's forward)
+        self.positions = positions
         self.dtype = dtype
         self.device = device
         self.num_threads = num_threads
@@ -88,6 +92,9 @@ class TransformersEngine:
         return await self._locked(self._generate_text_sync, chat, video, max_tokens, temperature, seed,
                                   logprob_token_ids or [])
 
+    async def pool(self, chat: ChatPrompt, video: VideoFrames, token_ids: list[int]) -> PooledHidden:
+        return await self._locked(self._pool_sync, chat, video, list(token_ids))
+
     async def _locked(self, fn: Any, *args: Any) -> Any:
         if not self.ready:
             raise EngineNotReady("the transformers engine is not loaded")
@@ -118,6 +125,19 @@ class TransformersEngine:
                              for c, ids in candidates.items()}
         return ProbeResult(sequence_probabilities(candidates, logprobs), sequence_logprobs,
                            prompt_tokens=int(inputs["input_ids"].shape[1]))
+
+    def _pool_sync(self, chat: ChatPrompt, video: VideoFrames, token_ids: list[int]) -> PooledHidden:
+        """The backbone's last hidden state (after its final norm: what the lm_head, or a reward head, reads)."""
+        import torch
+
+        inputs = self._inputs(chat, video)
+        if self.positions == "sequential":
+            n = inputs["input_ids"].shape[1]
+            inputs["position_ids"] = torch.arange(n, device=inputs["input_ids"].device).view(1, 1, n).expand(3, 1, n)
+        with torch.inference_mode():
+            states = self.model.model(**inputs).last_hidden_state[0].float()
+        ids = inputs["input_ids"][0].tolist()
+        return PooledHidden(hidden=hidden_at(ids, states, token_ids), prompt_tokens=len(ids))
 
     def _generate_text_sync(self, chat: ChatPrompt, video: VideoFrames, max_tokens: int, temperature: float,
                             seed: int | None, logprob_token_ids: list[int]) -> GeneratedText:

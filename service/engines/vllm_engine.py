@@ -28,9 +28,11 @@ from service.engines.base import (
     CriticQuery,
     DimensionAnswer,
     GeneratedText,
+    PooledHidden,
     ProbeResult,
     SamplingOptions,
     clean_reason,
+    hidden_at,
     select_label,
 )
 from service.engines.lifeline import mark_engine_owner
@@ -47,6 +49,22 @@ log = logging.getLogger("lift.engine")
 # attention kernel takes; GPUs default to 16.
 CPU_BLOCK_SIZE = 32
 _UNPRINTABLE = re.compile(REASON_UNPRINTABLE)
+# A critic read by a reward head on hidden states (service.critics.spec.HeadChannel; VideoAlign): the checkpoint
+# runs as a pooling model (vLLM's embedding adapter over the generative architecture, no extra layers), every
+# prompt token's final hidden state returned unnormalised (`token_embed`, ALL pooling); the head is ours.
+POOLING_ENGINE_ARGS: dict[str, Any] = {"runner": "pooling", "convert": "embed",
+                                       "pooler_config": {"pooling_type": "ALL", "use_activation": False}}
+
+
+def pooling_engine_args(positions: str = "mrope") -> dict[str, Any]:
+    """POOLING_ENGINE_ARGS; with positions "sequential", vLLM's Qwen2-VL with every token at its index in all
+    three M-RoPE sections (service.families.videoalign.vllm_model), registered in each engine process by vLLM."""
+    if positions == "mrope":
+        return dict(POOLING_ENGINE_ARGS)
+    from service.families.videoalign import ARCHITECTURE, VLLM_MODEL_PATH
+
+    return {**POOLING_ENGINE_ARGS, "hf_overrides": {"architectures": [ARCHITECTURE]},
+            "model_class_overrides": {ARCHITECTURE: VLLM_MODEL_PATH}}
 
 
 class VLLMEngine:
@@ -125,17 +143,23 @@ class VLLMEngine:
     def engine_args(self) -> dict[str, Any]:
         return dict(self._args)
 
+    @property
+    def pooling(self) -> bool:
+        """Runs as a pooling model (POOLING_ENGINE_ARGS): `pool` only, nothing generated."""
+        return self._args.get("runner") == "pooling"
+
     async def start(self) -> None:
         if self._engine is not None:
             return
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self._label_ids = self.family.label_token_ids()
-        self._prefixes = label_prefixes(self._label_ids)
-        tokenizer = self.family.tokenizer  # type: ignore[attr-defined]
-        self._reason_prefix_ids = {label: self.family.reason_prefix_ids(label) for label in self._label_ids}
-        self._reason_token_ids = printable_token_ids(tokenizer)
+        if not self.pooling:  # a pooling engine generates nothing: no labels, no reason tokens
+            self._label_ids = self.family.label_token_ids()
+            self._prefixes = label_prefixes(self._label_ids)
+            tokenizer = self.family.tokenizer  # type: ignore[attr-defined]
+            self._reason_prefix_ids = {label: self.family.reason_prefix_ids(label) for label in self._label_ids}
+            self._reason_token_ids = printable_token_ids(tokenizer)
         self.memory_plan = plan_kv_cache(
             self.model_dir, on_cpu=_is_cpu(), max_model_len=self._args["max_model_len"],
             max_num_seqs=self._args["max_num_seqs"], dtype=self._args["dtype"], kv_cache_gb=self._kv_cache_gb,
@@ -214,6 +238,36 @@ class VLLMEngine:
             steps.append({tok: lp.logprob for tok, lp in step.items() if tok in set(logprob_token_ids or [])})
         return GeneratedText(text=completion.text, token_ids=list(completion.token_ids), step_logprobs=steps,
                              prompt_tokens=len(out.prompt_token_ids or []), cached_tokens=out.num_cached_tokens or 0)
+
+    async def pool(self, chat: ChatPrompt, video: VideoFrames, token_ids: list[int]) -> PooledHidden:
+        from vllm import PoolingParams
+        from vllm.inputs import TokensPrompt
+
+        self._check_running()
+        if not self.pooling:
+            raise EngineError("this vLLM engine generates; a reward head needs one started as a pooling model "
+                              "(extra_engine_args POOLING_ENGINE_ARGS; Critic.from_pretrained does so for it)")
+        prompt = self.family.vllm_chat(chat, video)  # type: ignore[attr-defined]
+        request = TokensPrompt(prompt_token_ids=prompt.token_ids, multi_modal_data=prompt.vllm_mm_data)
+        request_id = uuid.uuid4().hex
+        final = None
+        try:
+            async for output in self._engine.encode(request, PoolingParams(task="token_embed", use_activation=False),
+                                                    request_id):
+                final = output
+        except asyncio.CancelledError:
+            await self._engine.abort(request_id)
+            raise
+        except Exception as exc:  # noqa: BLE001 - as _run: the engine's failure, not the client's
+            if self.dead:
+                raise EngineDead(f"the vLLM engine died: {type(exc).__name__}") from exc
+            raise EngineError(f"vLLM engine failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+        if final is None:
+            raise EngineError("vLLM engine returned no output")
+        # the ids as the model saw them (media placeholders expanded), one hidden state per id
+        ids = list(final.prompt_token_ids)
+        states = final.outputs.data
+        return PooledHidden(hidden=hidden_at(ids, states, token_ids), prompt_tokens=len(ids))
 
     def _check_running(self) -> None:
         if self.dead:

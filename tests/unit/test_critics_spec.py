@@ -172,7 +172,7 @@ def test_frame_rules() -> None:
 def test_every_critic_has_a_spec_and_the_cli_offers_each() -> None:
     from service.cli import CRITIC_CHOICES
 
-    assert CRITIC_CHOICES == CRITIC_NAMES == ("lift", "cosmos-reason1", "videoscore2", "unifiedreward")
+    assert CRITIC_CHOICES == CRITIC_NAMES == ("lift", "cosmos-reason1", "videoscore2", "unifiedreward", "videoalign")
     for name in CRITIC_NAMES:
         spec = load_spec(name)
         assert spec.name == name and spec.dimension_names and spec.source
