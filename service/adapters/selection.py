@@ -34,6 +34,13 @@ def _term_value(response: ScoreResponse, term: str) -> float:
     return float(d.score) if part == "score" else _smooth(d.expected_score, d.score)
 
 
+def _canonical(critic: str, term: str) -> str:
+    from service.critics import CRITIC_NAMES, load_spec
+
+    alias = load_spec(critic).reward_alias if critic in CRITIC_NAMES else None
+    return "reward" if alias is not None and term == alias else term
+
+
 def reward_names(dimensions: Sequence[str] = DIMENSIONS) -> list[str]:
     """Every name a selection may use for a critic with these dimensions."""
     return [*TOP_LEVEL, *dimensions, *(f"{d}.score" for d in dimensions)]
@@ -78,7 +85,9 @@ class RewardSelection:
                 raise InvalidRequest(f"weight of {name!r} must be finite", param="adapter_reward")
             head, _, rest = name.partition(".")
             if critics and head in critics and rest:
+                rest = _canonical(head, rest)  # the critic's own name for its reward (videoalign.overall)
                 _check_term(rest, critics[head])
+                name = f"{head}.{rest}"
                 owners.append((name, head))
             else:
                 _check_term(name, dimensions)

@@ -229,6 +229,7 @@ class CriticSpec:
     reward_doc: str = "mean of the dimensions' scores"
     parse_failure_value: float | None = None  # None: a failed parse fails the sample (with the text)
     rationale: bool = False  # whether answers carry a rationale (generated text)
+    reward_alias: str | None = None  # the critic's own name for its reward (VideoAlign: "overall"), for selections
     reward_over: Literal["score", "value"] = "score"  # `reward` takes the dimensions' [0, 1] scores, or values
     notes: str = ""  # what is unverified without the real weights, choices made
 

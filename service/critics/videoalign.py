@@ -167,6 +167,7 @@ SPEC = CriticSpec(
            "prompt_template.py, vision_process.py",
     reward=overall,
     reward_over="value",
+    reward_alias="overall",
     reward_doc="Overall = VQ + MQ + TA of the normalised values, as its inference.py computes it; each "
                "dimension's score is sigmoid(value)",
     notes="Values are z-scores over the release's calibration (inference_config), not bounded; score = "

@@ -202,3 +202,26 @@ def test_settings_check_the_reward_against_the_critic() -> None:
         ServiceSettings(critic="videoscore2", adapter_reward="video_fidelity")
     with pytest.raises(ValidationError, match="LIFT_CRITIC_VARIANT"):
         ServiceSettings(critic="videoscore2", critic_variant="question")
+
+
+def test_a_selection_combines_critics_and_knows_videoaligns_overall() -> None:
+    from service.adapters.selection import RewardSelection
+    from service.errors import InvalidRequest
+    from service.protocol import DimensionScore, ScoreResponse
+
+    critics = {name: load_spec(name).dimension_names for name in ("lift", "videoalign")}
+    sel = RewardSelection.parse("videoalign.overall=1.0,lift.expected_reward=0.5", critics["lift"], critics=critics)
+    assert sel.critics_asked("lift") == ["lift", "videoalign"]
+
+    def answer(model: str, reward: float, expected: float | None) -> ScoreResponse:
+        dim = DimensionScore(label=None, score=0.5, expected_score=expected, probabilities=None, rationale=None)
+        return ScoreResponse(id="x", model=model, critic=model, reward=reward, expected_reward=expected,
+                             num_frames=8, dimensions={"d": dim})
+
+    lift, va = answer("lift", 0.3, 0.4), answer("videoalign", 2.5, None)
+    both = lift.model_copy(update={"by_critic": {"lift": lift, "videoalign": va}})
+    assert sel.value(both) == pytest.approx(2.5 + 0.5 * 0.4)
+    with pytest.raises(InvalidRequest, match="did not answer"):
+        sel.value(lift)  # a response without VideoAlign's answer
+    with pytest.raises(InvalidRequest, match="unknown reward"):
+        RewardSelection.parse("videoalign.overal", critics["lift"], critics=critics)
