@@ -14,23 +14,50 @@ For each:
     vLLM keeps one core for its scheduler, half of a 2-core host; shown beside, not used for the speedup.
 Prints a table per critic, then one `speedup=<b at 32 over a, T=0.2>` line per critic, the realistic one last.
 
+`--critic cosmos-reason1|videoscore2|unifiedreward` (service/critics/; default lift, the comparison above): that
+critic's tiny Qwen2.5-VL model (`build_tiny_qwen2_5_vl(critic=NAME)`: fine-tuned to write videoscore2's and
+unifiedreward's answer formats, random otherwise), then
+(a) its ORIGINAL inference loop as its repository runs it (docs/critics/NAME.md), written here: transformers,
+    one video at a time, `processor.apply_chat_template` + `processor(...)` + `model(...)` / `model.generate`,
+    the video decoded its own way. cosmos-reason1 (Cosmos-RL's reward service): every k-th frame (<= 160, even
+    count, fps / k), smart_resize to the 9,216-token budget, bicubic; one forward; softmax over the "Yes" and
+    "No" logits. videoscore2 (vs2_inference.py): frames at 2 fps as qwen-vl-utils picks and resizes them (our
+    FrameRule / PixelRule of the spec, i.e. the training limits), `generate(output_scores=True,
+    return_dict_in_generate=True)` sampled at T = 0.7 as the script, its regex, its soft score from the scores
+    at each digit's step. unifiedreward (point_score_APS_video_generation.py): 16 frames int(i * N / 16) read with
+    OpenCV, written as JPEGs, reopened as 16 PIL images; greedy generate; Pref-GRPO's regex.
+(b) our engine: `Critic.from_pretrained(..., engine="vllm", critic=NAME)` at concurrency 32 over fresh videos,
+    the same maximum of new tokens and the original's temperature (videoscore2 0.7, unifiedreward greedy).
+Prints one table (rows (a) and (b); videos, wall s, videos/s, p50/p95 latency) and `speedup=<b over a> critic=NAME`.
+Both ways get one warm-up video first (not timed). Logs go to stderr, the table alone to stdout. On a shared host
+pass `--original-threads 1`: torch's two OpenMP threads beside another busy process slow the tiny model's
+loop 4-28x (measured on the 2-core VM, 2026-12-06), which would inflate the speedup.
+
 Usage: python benchmarks/critic_throughput.py [--videos 48] [--baseline-videos 24] [--max-new-tokens 40]
                                               [--critics tiny,realistic]
+       python benchmarks/critic_throughput.py --critic videoscore2 [--videos 96] [--baseline-videos 16]
+                                              [--max-new-tokens 64] [--original-threads 1] [--model-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import re
+import string
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # the table alone on stdout
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+CAPTION = "a coloured square moving"
 
 
 def make_videos(folder: Path, n: int, first: int = 0) -> list[Path]:
@@ -66,7 +93,7 @@ def original_way(model_dir: Path, videos: list[Path], max_new_tokens: int, tempe
             for dim in DIMENSION_NAMES:
                 frames = decode_video(video, 8)
                 inputs = {k: v.to(device) if hasattr(v, "to") else v
-                          for k, v in family.hf_prompt("a coloured square moving", dim, frames).items()}
+                          for k, v in family.hf_prompt(CAPTION, dim, frames).items()}
                 if temperature > 0:
                     model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature)
                 else:
@@ -75,12 +102,15 @@ def original_way(model_dir: Path, videos: list[Path], max_new_tokens: int, tempe
 
 
 async def engine_way(model_dir: Path, videos: dict[int, list[Path]], max_new_tokens: int, all_cores: bool = False,
-                     dtype: str = "float32") -> dict:
-    """Videos per concurrency, each list its own (none scored twice), plus one more for the warm-up under -1."""
+                     dtype: str = "float32", critic_name: str = "lift", temperature: float | None = None,
+                     parse_failure_value: float | None = None, responses: list | None = None) -> dict:
+    """Videos per concurrency, each list its own (none scored twice), plus one more for the warm-up under -1.
+    `critic_name` other than lift: that critic (service/critics/); `responses` collects the timed runs' answers."""
     from service.critic import Critic
     from service.protocol import ScoreOptions
 
-    critic = Critic.from_pretrained(model_dir, engine="vllm", dtype=dtype, max_model_len=4096, max_num_seqs=256)
+    critic = Critic.from_pretrained(model_dir, engine="vllm", dtype=dtype, max_model_len=4096, max_num_seqs=256,
+                                    critic=critic_name, parse_failure_value=parse_failure_value)
     saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
     if all_cores:  # read by the worker when it starts
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{(os.cpu_count() or 1) - 1}"
@@ -91,7 +121,7 @@ async def engine_way(model_dir: Path, videos: dict[int, list[Path]], max_new_tok
             os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
         else:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = saved
-    opts = ScoreOptions(max_reason_tokens=max_new_tokens)
+    opts = ScoreOptions(max_reason_tokens=max_new_tokens, temperature=temperature)
     await critic.score(videos[-1][0], "warm up", opts)  # first-request costs
     results = {}
     for conc in sorted(c for c in videos if c > 0):
@@ -101,14 +131,285 @@ async def engine_way(model_dir: Path, videos: dict[int, list[Path]], max_new_tok
         async def one(video: Path) -> None:
             async with sem:
                 t = time.perf_counter()
-                await critic.score(video, "a coloured square moving", opts)
+                response = await critic.score(video, CAPTION, opts)
                 latencies.append(time.perf_counter() - t)
+                if responses is not None:
+                    responses.append(response)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(one(v) for v in videos[conc]))
         results[conc] = (time.perf_counter() - t0, sorted(latencies))
     await critic.stop()
     return results
+
+
+# ---- the other critics (--critic NAME): each one's original loop, written here from docs/critics/NAME.md ----
+OTHER_CRITICS = ("cosmos-reason1", "videoscore2", "unifiedreward")
+# their defaults: videos for the engine (three waves of 32), for the original loop, max new tokens (the tiny
+# models' answers are 10-60 tokens; the scripts allow 1,024 / 4,096)
+CRITIC_DEFAULTS = {"videos": 96, "baseline_videos": 16, "max_new_tokens": 64}
+# the decoding of each original: vs2_inference.py samples at T = 0.7; UnifiedReward's request says do_sample False
+# (greedy here); Cosmos generates nothing. The engine is run at the same temperature.
+ORIGINAL_TEMPERATURE = {"cosmos-reason1": None, "videoscore2": 0.7, "unifiedreward": 0.0}
+
+
+@dataclass
+class Answer:
+    """One video's answer in an original loop: the critic's value(s), its answer's tokens, whether it parsed."""
+
+    value: object
+    text: str = ""
+    parsed: bool = True
+
+
+def _all_frames(video: Path):
+    """Every frame, uint8 (T, H, W, 3), and the video's fps: what Cosmos-RL's service receives (a THWC tensor)."""
+    import decord
+
+    reader = decord.VideoReader(str(video), ctx=decord.cpu(0))
+    return reader.get_batch(list(range(len(reader)))).asnumpy(), float(reader.get_avg_fps())
+
+
+def cosmos_original(model, processor, video: Path, caption: str, max_new_tokens: int, scratch: Path) -> Answer:
+    """Cosmos-RL reward service (`CosmosReason1Reward`): stride to <= 160 frames, even count, smart_resize to a
+    9,216-token clip budget, bicubic PIL frames; system prompt, the video then the caption; one forward; softmax
+    over just the "Yes" and "No" logits at the answer's first position; the reward is P("No")."""
+    import torch
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    from service.critics.cosmos_reason1 import MAX_FRAMES, SYSTEM_PROMPT, TARGET_NUM_TOKENS
+
+    frames, video_fps = _all_frames(video)
+    interval = max(1, (len(frames) - 1) // MAX_FRAMES + 1)
+    frames, sample_fps = frames[::interval], video_fps / interval
+    if len(frames) % 2:
+        frames = frames[:-1]
+    height, width = smart_resize(frames.shape[1], frames.shape[2], factor=28, min_pixels=16 * 28 * 28 * 2,
+                                 max_pixels=TARGET_NUM_TOKENS * 28 * 28 * 2 // len(frames))
+    clip = [Image.fromarray(f).resize((width, height), resample=Image.Resampling.BICUBIC) for f in frames]
+    messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": [{"type": "video", "video": clip, "fps": sample_fps},
+                                             {"type": "text", "text": caption}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[text], videos=[clip], fps=sample_fps, do_sample_frames=False,
+                       return_tensors="pt").to(model.device)
+    logits = model(**inputs).logits[0, -1, :]
+    yes = processor.tokenizer.encode("Yes", add_special_tokens=False)[0]
+    no = processor.tokenizer.encode("No", add_special_tokens=False)[0]
+    p_no = torch.softmax(torch.tensor([logits[yes].item(), logits[no].item()]), dim=0)[1].item()
+    return Answer(value=p_no)
+
+
+def videoscore2_original(model, processor, video: Path, caption: str, max_new_tokens: int, scratch: Path) -> Answer:
+    """VideoScore2's vs2_inference.py: the video at 2 fps (qwen-vl-utils' frame count and smart_resize; torchvision
+    bicubic with antialias), its query with the caption in $t2v_prompt, `generate` with output_scores sampled at
+    T = 0.7, its regex (first match), and per dimension its soft score: at the step that wrote the digit after the
+    dimension's label, the likeliest of "1".."5" times its probability renormalised over the five."""
+    import decord
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resize
+
+    from service.critics.videoscore2 import DIMENSION_LABELS, OFFICIAL_PATTERN, QUERY_TEMPLATE, SPEC
+
+    reader = decord.VideoReader(str(video), ctx=decord.cpu(0))
+    indices = SPEC.media.frames.indices(len(reader), float(reader.get_avg_fps()))
+    frames = torch.from_numpy(reader.get_batch(indices).asnumpy()).permute(0, 3, 1, 2)  # TCHW
+    height, width = SPEC.media.pixels.frame_size(frames.shape[2], frames.shape[3], len(indices))
+    frames = resize(frames, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+    query = string.Template(QUERY_TEMPLATE).substitute(t2v_prompt=caption)
+    messages = [{"role": "user", "content": [{"type": "video", "video": str(video), "fps": 2.0},
+                                             {"type": "text", "text": query}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[text], videos=[frames], fps=2.0, do_sample_frames=False, padding=True,
+                       return_tensors="pt").to(model.device)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, output_scores=True, return_dict_in_generate=True,
+                         do_sample=True, temperature=ORIGINAL_TEMPERATURE["videoscore2"])
+    start = inputs["input_ids"].shape[1]
+    gen_ids = out.sequences[0, start:].tolist()
+    answer = processor.batch_decode(out.sequences[:, start:], skip_special_tokens=True,
+                                    clean_up_tokenization_spaces=False)[0]
+    if not OFFICIAL_PATTERN.search(answer):
+        return Answer(value=None, text=answer, parsed=False)
+    soft = {dim: _vs2_soft_score(processor.tokenizer, gen_ids, out.scores, label + ":")
+            for dim, label in DIMENSION_LABELS.items()}
+    return Answer(value=soft, text=answer)
+
+
+def _vs2_soft_score(tokenizer, gen_ids: list[int], scores, label: str) -> float | None:
+    import torch
+
+    written = tokenizer.decode(gen_ids, skip_special_tokens=False)
+    found = re.search(r"(?:\(\d+\)\s*|\n\s*)?" + re.escape(label), written, re.IGNORECASE)
+    digit = re.search(r"\d", written[found.end():]) if found else None
+    if digit is None:
+        return None
+    target = written[: found.end() + digit.start() + 1]
+    step = next((i for i in range(len(gen_ids))
+                 if tokenizer.decode(gen_ids[: i + 1], skip_special_tokens=False) == target), -1)
+    if step < 0:
+        return None
+    logp = torch.log_softmax(scores[step][0].float(), dim=-1)
+    p = {}
+    for s in "12345":
+        ids = tokenizer.encode(s, add_special_tokens=False)
+        if len(ids) == 1:
+            p[s] = float(torch.exp(logp[ids[0]]))
+    total = sum(p.values())
+    if not total:  # every digit masked by the sampler's top-k
+        return None
+    best = max(p, key=lambda s: p[s])
+    return round(int(best) * p[best] / total, 4)
+
+
+def unifiedreward_original(model, processor, video: Path, caption: str, max_new_tokens: int,
+                           scratch: Path) -> Answer:
+    """UnifiedReward 2.0's point_score_APS_video_generation.py: frames int(i * N / 16) read in order with OpenCV
+    (N its frame count), each written as a JPEG and reopened as an RGB PIL image; 16 images then the prompt in one
+    user turn; greedy `generate`; Pref-GRPO's "(\\w+) Score (1-5): X" regex, the last match per name."""
+    import cv2
+    from PIL import Image
+
+    from service.critics.unifiedreward import NUM_FRAMES, PROMPT_TEMPLATE
+
+    capture = cv2.VideoCapture(str(video))
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    wanted = {int(i * total / NUM_FRAMES) for i in range(NUM_FRAMES)}
+    paths: list[Path] = []
+    index = 0
+    while len(paths) < NUM_FRAMES:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        if index in wanted:
+            paths.append(scratch / f"video_frame_{index:03d}.jpg")
+            cv2.imwrite(str(paths[-1]), frame)
+        index += 1
+    capture.release()
+    images = [Image.open(path).convert("RGB") for path in paths]
+    messages = [{"role": "user", "content": [*({"type": "image", "image": im} for im in images),
+                                             {"type": "text", "text": PROMPT_TEMPLATE.replace("{prompt}", caption)}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[text], images=images, return_tensors="pt").to(model.device)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    answer = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True,
+                                    clean_up_tokenization_spaces=False)[0]
+    found = dict(re.findall(r"(\w+) Score \(1-5\):\s*([0-5](?:\.\d+)?)", answer))
+    parsed = all(name in found for name in ("Alignment", "Physics", "Style"))
+    return Answer(value={k: float(v) for k, v in found.items()}, text=answer, parsed=parsed)
+
+
+ORIGINAL_LOOPS = {"cosmos-reason1": cosmos_original, "videoscore2": videoscore2_original,
+                  "unifiedreward": unifiedreward_original}
+
+
+def critic_original_way(name: str, model_dir: Path, videos: list[Path], warm_up: Path, max_new_tokens: int,
+                        scratch: Path, dtype: str = "float32",
+                        threads: int | None = None) -> tuple[float, list[float], list[Answer]]:
+    """The critic's own loop, one video at a time (decode, prompt, forward or generate, parse); one warm-up video
+    first, `threads` torch threads (None: torch's default, one per core). Returns the wall time, the per-video
+    latencies (sorted) and the answers."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(
+        model_dir, dtype="auto" if dtype == "auto" else getattr(torch, dtype)).to(device).eval()
+    loop = ORIGINAL_LOOPS[name]
+    scratch.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    latencies, answers = [], []
+    with torch.no_grad():
+        loop(model, processor, warm_up, "warm up", max_new_tokens, scratch)
+        t0 = time.perf_counter()
+        for video in videos:
+            t = time.perf_counter()
+            answers.append(loop(model, processor, video, CAPTION, max_new_tokens, scratch))
+            latencies.append(time.perf_counter() - t)
+        wall = time.perf_counter() - t0
+    return wall, sorted(latencies), answers
+
+
+def tiny_model_for(name: str, folder: Path) -> Path:
+    """The critic's tiny Qwen2.5-VL model in `folder`: reused when `folder` holds one built for this critic."""
+    from service.tiny_critics import qwen2_5_vl
+
+    trained = name if name in getattr(qwen2_5_vl, "TRAINED_CRITICS", ()) else None
+    record = folder / "lift_critic.json"
+    if record.is_file() and json.loads(record.read_text()).get("trained_format") == trained \
+            and (folder / "config.json").is_file():
+        print(f"reusing the tiny {name} model in {folder}", file=sys.stderr, flush=True)
+        return folder
+    t = time.perf_counter()
+    out = qwen2_5_vl.build_tiny_qwen2_5_vl(folder, seed=0, critic=name)
+    print(f"built the tiny {name} model in {time.perf_counter() - t:.0f} s ({folder})", file=sys.stderr, flush=True)
+    return out
+
+
+def _answer_tokens(tokenizer, texts: list[str]) -> float:
+    """Mean tokens of the answers' text (both ways counted alike: the stripped text tokenized again)."""
+    return sum(len(tokenizer(t.strip(), add_special_tokens=False).input_ids) for t in texts) / max(1, len(texts))
+
+
+def run_other_critic(name: str, args: argparse.Namespace) -> None:
+    from transformers import AutoTokenizer
+
+    videos = args.videos or CRITIC_DEFAULTS["videos"]
+    baseline = args.baseline_videos or CRITIC_DEFAULTS["baseline_videos"]
+    max_new_tokens = args.max_new_tokens or CRITIC_DEFAULTS["max_new_tokens"]
+    generating = ORIGINAL_TEMPERATURE[name] is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        model_dir = tiny_model_for(name, Path(args.model_dir) if args.model_dir else tmp_path / name)
+        # every run its own videos: the original's warm-up and timed ones, the engine's warm-up and timed ones
+        original_videos = make_videos(tmp_path / "videos", baseline + 1, 0)
+        engine_videos = make_videos(tmp_path / "videos", videos + 1, baseline + 1)
+        t = time.perf_counter()
+        wall_a, lat_a, answers_a = critic_original_way(name, model_dir, original_videos[1:], original_videos[0],
+                                                       max_new_tokens, tmp_path / "frames", args.dtype,
+                                                       args.original_threads)
+        print(f"original loop: {baseline} videos in {wall_a:.1f} s ({time.perf_counter() - t:.0f} s with loading)",
+              file=sys.stderr, flush=True)
+        responses: list = []
+        t = time.perf_counter()
+        runs = asyncio.run(engine_way(model_dir, {-1: engine_videos[:1], 32: engine_videos[1:]}, max_new_tokens,
+                                      dtype=args.dtype, critic_name=name, temperature=ORIGINAL_TEMPERATURE[name],
+                                      parse_failure_value=1.0 if generating else None, responses=responses))
+        wall_b, lat_b = runs[32]
+        print(f"engine: {videos} videos in {wall_b:.1f} s ({time.perf_counter() - t:.0f} s with start and stop)",
+              file=sys.stderr, flush=True)
+        answers = ""
+        if generating:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            texts_b = [next(iter(r.dimensions.values())).rationale or "" for r in responses]
+            parsed_b = sum(all(d.parsed for d in r.dimensions.values()) for r in responses)
+            answers = (f"; answers: original {_answer_tokens(tokenizer, [a.text for a in answers_a]):.1f} tokens, "
+                       f"{sum(a.parsed for a in answers_a)}/{len(answers_a)} parsed; engine "
+                       f"{_answer_tokens(tokenizer, texts_b):.1f} tokens, {parsed_b}/{len(responses)} parsed")
+            for label, text in (("original", answers_a[0].text), ("engine", texts_b[0])):
+                print(f"first {label} answer: {text!r}", file=sys.stderr, flush=True)
+        decoding = ("one forward, no generation" if not generating else
+                    f"max new tokens {max_new_tokens}, " + (f"T={ORIGINAL_TEMPERATURE[name]} sampled"
+                                                            if ORIGINAL_TEMPERATURE[name] else "greedy"))
+        threads = f"{args.original_threads} torch thread(s)" if args.original_threads else "torch's default threads"
+        lines = [f"critic throughput, {name} (tiny qwen2_5_vl), {decoding}, {os.cpu_count()} CPU cores, "
+                 f"{args.dtype}, original on {threads}{answers}",
+                 f"{'way':<40}{'videos':>8}{'wall s':>9}{'videos/s':>11}{'p50 s':>9}{'p95 s':>9}",
+                 _row("(a) original loop, transformers, bs=1", wall_a, lat_a),
+                 _row("(b) vLLM engine, concurrency 32", wall_b, lat_b)]
+    print("\n".join(lines))
+    print(f"speedup={(len(lat_b) / wall_b) / (len(lat_a) / wall_a):.2f} critic={name}")
+
+
+def _row(label: str, wall: float, latencies: list[float]) -> str:
+    n = len(latencies)
+    p50, p95 = latencies[n // 2], latencies[min(n - 1, int(0.95 * n))]
+    return f"{label:<40}{n:>8}{wall:>9.2f}{n / wall:>11.3f}{p50:>9.2f}{p95:>9.2f}"
 
 
 def engine_row(label: str, wall: float, latencies: list[float]) -> str:
@@ -120,14 +421,35 @@ def engine_row(label: str, wall: float, latencies: list[float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--videos", type=int, default=48)
-    ap.add_argument("--baseline-videos", type=int, default=24)
-    ap.add_argument("--max-new-tokens", type=int, default=40)
-    ap.add_argument("--critics", default="tiny,realistic", help="comma-separated presets, in the order measured")
+    ap.add_argument("--critic", default="lift", choices=("lift", *OTHER_CRITICS),
+                    help="lift (default): LiFT's loop on --critics' presets; otherwise that critic's own loop vs "
+                         "the engine at concurrency 32, on its tiny Qwen2.5-VL model")
+    ap.add_argument("--videos", type=int, default=None,
+                    help=f"per engine run (default 48; --critic other than lift: {CRITIC_DEFAULTS['videos']})")
+    ap.add_argument("--baseline-videos", type=int, default=None,
+                    help=f"for the original loop (default 24; other critics: {CRITIC_DEFAULTS['baseline_videos']})")
+    ap.add_argument("--max-new-tokens", type=int, default=None,
+                    help=f"both ways (default 40; other critics: {CRITIC_DEFAULTS['max_new_tokens']}; "
+                         f"cosmos-reason1 generates nothing)")
+    ap.add_argument("--critics", default="tiny,realistic",
+                    help="lift only: comma-separated presets, in the order measured")
+    ap.add_argument("--original-threads", type=int, default=None,
+                    help="--critic other than lift: torch threads of the original loop (default: torch's, one per "
+                         "core, as a user runs it; 1 on a shared host, where two OpenMP threads and another "
+                         "process on the same cores slow a tiny model's forward many times over)")
+    ap.add_argument("--model-dir", default=None,
+                    help="--critic other than lift: the tiny model's folder, reused if built for that critic, "
+                         "else built there (default: a temporary folder, built every run)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="both ways in this dtype (bfloat16: the service's CPU default, AMX/AVX512-BF16 kernels)")
     ap.add_argument("--no-all-cores", action="store_true", help="skip the (b') row")
     args = ap.parse_args()
+    if args.critic != "lift":
+        run_other_critic(args.critic, args)
+        return
+    args.videos = 48 if args.videos is None else args.videos
+    args.baseline_videos = 24 if args.baseline_videos is None else args.baseline_videos
+    args.max_new_tokens = 40 if args.max_new_tokens is None else args.max_new_tokens
 
     from service.tiny_critics import build_tiny_critic
 
