@@ -14,9 +14,11 @@ For each:
     vLLM keeps one core for its scheduler, half of a 2-core host; shown beside, not used for the speedup.
 Prints a table per critic, then one `speedup=<b at 32 over a, T=0.2>` line per critic, the realistic one last.
 
-`--critic cosmos-reason1|videoscore2|unifiedreward` (service/critics/; default lift, the comparison above): that
-critic's tiny Qwen2.5-VL model (`build_tiny_qwen2_5_vl(critic=NAME)`: fine-tuned to write videoscore2's and
-unifiedreward's answer formats, random otherwise), then
+`--critic cosmos-reason1|videoscore2|unifiedreward|videoalign` (service/critics/; default lift, the comparison
+above): that critic's tiny Qwen2.5-VL model (`build_tiny_qwen2_5_vl(critic=NAME)`: fine-tuned to write
+videoscore2's and unifiedreward's answer formats, random otherwise); videoalign's a tiny random VideoReward release
+in its layout (`build_tiny_videoalign_release`, a tiny Qwen2-VL + LoRA + rm_head) converted by
+`convert_videoalign` as `lift convert-videoalign` does, then
 (a) its ORIGINAL inference loop as its repository runs it (docs/critics/NAME.md), written here: transformers,
     one video at a time, `processor.apply_chat_template` + `processor(...)` + `model(...)` / `model.generate`,
     the video decoded its own way. cosmos-reason1 (Cosmos-RL's reward service): every k-th frame (<= 160, even
@@ -25,9 +27,16 @@ unifiedreward's answer formats, random otherwise), then
     FrameRule / PixelRule of the spec, i.e. the training limits), `generate(output_scores=True,
     return_dict_in_generate=True)` sampled at T = 0.7 as the script, its regex, its soft score from the scores
     at each digit's step. unifiedreward (point_score_APS_video_generation.py): 16 frames int(i * N / 16) read with
-    OpenCV, written as JPEGs, reopened as 16 PIL images; greedy generate; Pref-GRPO's regex.
+    OpenCV, written as JPEGs, reopened as 16 PIL images; greedy generate; Pref-GRPO's regex. videoalign
+    (inference.py's VideoVLMRewardInference.reward): prepare_batch's chat (the video, then build_prompt's text with
+    the caption), its vision_process fetch_video (decord, its smart_nframes at 2 fps with linspace indices: our
+    FrameRule; smart_resize between 128*28*28 and 200,704 pixels: our PixelRule; torchvision bicubic with
+    antialias), the processor with do_rescale, one forward of its Qwen2VLRewardModelBT (reproduced by
+    service/families/videoalign/reference.py: position_ids None, rm_head read at the three reward tokens), _norm
+    with inference_config, Overall = VQ + MQ + TA.
 (b) our engine: `Critic.from_pretrained(..., engine="vllm", critic=NAME)` at concurrency 32 over fresh videos,
-    the same maximum of new tokens and the original's temperature (videoscore2 0.7, unifiedreward greedy).
+    the same maximum of new tokens and the original's temperature (videoscore2 0.7, unifiedreward greedy;
+    cosmos-reason1 and videoalign generate nothing).
 Prints one table (rows (a) and (b); videos, wall s, videos/s, p50/p95 latency) and `speedup=<b over a> critic=NAME`.
 Both ways get one warm-up video first (not timed). Logs go to stderr, the table alone to stdout. On a shared host
 pass `--original-threads 1`: torch's two OpenMP threads beside another busy process slow the tiny model's
@@ -37,6 +46,7 @@ Usage: python benchmarks/critic_throughput.py [--videos 48] [--baseline-videos 2
                                               [--critics tiny,realistic]
        python benchmarks/critic_throughput.py --critic videoscore2 [--videos 96] [--baseline-videos 16]
                                               [--max-new-tokens 64] [--original-threads 1] [--model-dir DIR]
+       (--critic: cosmos-reason1, videoscore2, unifiedreward or videoalign)
 """
 
 from __future__ import annotations
@@ -144,13 +154,15 @@ async def engine_way(model_dir: Path, videos: dict[int, list[Path]], max_new_tok
 
 
 # ---- the other critics (--critic NAME): each one's original loop, written here from docs/critics/NAME.md ----
-OTHER_CRITICS = ("cosmos-reason1", "videoscore2", "unifiedreward")
+OTHER_CRITICS = ("cosmos-reason1", "videoscore2", "unifiedreward", "videoalign")
 # their defaults: videos for the engine (three waves of 32), for the original loop, max new tokens (the tiny
 # models' answers are 10-60 tokens; the scripts allow 1,024 / 4,096)
 CRITIC_DEFAULTS = {"videos": 96, "baseline_videos": 16, "max_new_tokens": 64}
 # the decoding of each original: vs2_inference.py samples at T = 0.7; UnifiedReward's request says do_sample False
-# (greedy here); Cosmos generates nothing. The engine is run at the same temperature.
-ORIGINAL_TEMPERATURE = {"cosmos-reason1": None, "videoscore2": 0.7, "unifiedreward": 0.0}
+# (greedy here); Cosmos and VideoAlign generate nothing. The engine is run at the same temperature.
+ORIGINAL_TEMPERATURE = {"cosmos-reason1": None, "videoscore2": 0.7, "unifiedreward": 0.0, "videoalign": None}
+# the tiny model's family, as the table's title names it
+TINY_FAMILY = {"videoalign": "qwen2_vl"}
 
 
 @dataclass
@@ -300,8 +312,45 @@ def unifiedreward_original(model, processor, video: Path, caption: str, max_new_
     return Answer(value={k: float(v) for k, v in found.items()}, text=answer, parsed=parsed)
 
 
+def videoalign_original(model, processor, video: Path, caption: str, max_new_tokens: int, scratch: Path) -> Answer:
+    """VideoAlign's inference.py, `VideoVLMRewardInference.reward([video], [caption], use_norm=True)` at batch 1:
+    prepare_batch's chat (one user turn: the video with fps 2 / max_pixels 200,704 / sample_type "uniform", then
+    build_prompt(caption), the "detailed_special" template), its vision_process.fetch_video (decord; smart_nframes
+    at 2 fps rounded to an even count, torch.linspace(...).round() indices; smart_resize between 128*28*28 and
+    200,704 pixels, torchvision bicubic with antialias on the uint8 frames, then .float()), the processor with
+    videos_kwargs do_rescale, one forward of its reward model (position_ids None, rm_head at the three reward
+    tokens: (1, 3)), `_norm` by inference_config, Overall = VQ + MQ + TA."""
+    import decord
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resize
+
+    from service.critics.videoalign import (DETAILED_PROMPT_WITH_SPECIAL_TOKEN, EVAL_DIMS, FPS, MAX_FRAME_PIXELS,
+                                            NORMALISATION, SPEC)
+
+    reader = decord.VideoReader(str(video), ctx=decord.cpu(0))
+    indices = SPEC.media.frames.indices(len(reader), float(reader.get_avg_fps()))
+    frames = torch.from_numpy(reader.get_batch(indices).asnumpy()).permute(0, 3, 1, 2)  # TCHW uint8
+    height, width = SPEC.media.pixels.frame_size(frames.shape[2], frames.shape[3], len(indices))
+    frames = resize(frames, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+    text = DETAILED_PROMPT_WITH_SPECIAL_TOKEN.format(text_prompt=caption)  # build_prompt
+    messages = [{"role": "user", "content": [{"type": "video", "video": f"file://{video}", "fps": FPS,
+                                              "max_pixels": MAX_FRAME_PIXELS, "sample_type": "uniform"},
+                                             {"type": "text", "text": text}]}]
+    chat = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[chat], videos=[frames], padding=True, return_tensors="pt", do_sample_frames=False,
+                       videos_kwargs={"do_rescale": True}).to(model.device)
+    logits = model(**inputs)["logits"]  # (1, 3): VQ, MQ, TA
+    rewards = {}
+    for i, dim in enumerate(EVAL_DIMS):
+        mean, std = NORMALISATION[dim]
+        rewards[EVAL_DIMS[dim]] = (logits[0, i].item() - mean) / std  # _norm
+    rewards["Overall"] = rewards["VQ"] + rewards["MQ"] + rewards["TA"]
+    return Answer(value=rewards)
+
+
 ORIGINAL_LOOPS = {"cosmos-reason1": cosmos_original, "videoscore2": videoscore2_original,
-                  "unifiedreward": unifiedreward_original}
+                  "unifiedreward": unifiedreward_original, "videoalign": videoalign_original}
 
 
 def critic_original_way(name: str, model_dir: Path, videos: list[Path], warm_up: Path, max_new_tokens: int,
@@ -318,8 +367,13 @@ def critic_original_way(name: str, model_dir: Path, videos: list[Path], warm_up:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(
-        model_dir, dtype="auto" if dtype == "auto" else getattr(torch, dtype)).to(device).eval()
+    if name == "videoalign":  # its Qwen2VLRewardModelBT: Qwen2-VL + rm_head, its own forward (reference.py)
+        from service.families.videoalign.reference import VideoAlignRewardModel
+
+        model = VideoAlignRewardModel.from_converted(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(
+            model_dir, dtype="auto" if dtype == "auto" else getattr(torch, dtype)).to(device).eval()
     loop = ORIGINAL_LOOPS[name]
     scratch.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -336,7 +390,10 @@ def critic_original_way(name: str, model_dir: Path, videos: list[Path], warm_up:
 
 
 def tiny_model_for(name: str, folder: Path) -> Path:
-    """The critic's tiny Qwen2.5-VL model in `folder`: reused when `folder` holds one built for this critic."""
+    """The critic's tiny Qwen2.5-VL model in `folder`: reused when `folder` holds one built for this critic.
+    videoalign: a tiny VideoReward release (built in a temporary folder) converted into `folder`."""
+    if name == "videoalign":
+        return tiny_videoalign_for(folder)
     from service.tiny_critics import qwen2_5_vl
 
     trained = name if name in getattr(qwen2_5_vl, "TRAINED_CRITICS", ()) else None
@@ -349,6 +406,26 @@ def tiny_model_for(name: str, folder: Path) -> Path:
     out = qwen2_5_vl.build_tiny_qwen2_5_vl(folder, seed=0, critic=name)
     print(f"built the tiny {name} model in {time.perf_counter() - t:.0f} s ({folder})", file=sys.stderr, flush=True)
     return out
+
+
+def tiny_videoalign_for(folder: Path) -> Path:
+    """A tiny random VideoReward release in its layout, converted as `lift convert-videoalign` does (float32) into
+    `folder`; reused when `folder` holds a videoalign conversion."""
+    from service.families.videoalign.convert import convert_videoalign
+    from service.tiny_critics.videoalign import build_tiny_videoalign_release
+
+    record = folder / "lift_critic.json"
+    if record.is_file() and json.loads(record.read_text()).get("critic") == "videoalign" \
+            and (folder / "config.json").is_file():
+        print(f"reusing the tiny videoalign model in {folder}", file=sys.stderr, flush=True)
+        return folder
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        release = build_tiny_videoalign_release(Path(tmp), seed=0)
+        out = convert_videoalign(release, folder, dtype="float32").out_dir
+    print(f"built and converted the tiny videoalign release in {time.perf_counter() - t:.0f} s ({folder})",
+          file=sys.stderr, flush=True)
+    return Path(out)
 
 
 def _answer_tokens(tokenizer, texts: list[str]) -> float:
@@ -397,7 +474,8 @@ def run_other_critic(name: str, args: argparse.Namespace) -> None:
                     f"max new tokens {max_new_tokens}, " + (f"T={ORIGINAL_TEMPERATURE[name]} sampled"
                                                             if ORIGINAL_TEMPERATURE[name] else "greedy"))
         threads = f"{args.original_threads} torch thread(s)" if args.original_threads else "torch's default threads"
-        lines = [f"critic throughput, {name} (tiny qwen2_5_vl), {decoding}, {os.cpu_count()} CPU cores, "
+        family = TINY_FAMILY.get(name, "qwen2_5_vl")
+        lines = [f"critic throughput, {name} (tiny {family}), {decoding}, {os.cpu_count()} CPU cores, "
                  f"{args.dtype}, original on {threads}{answers}",
                  f"{'way':<40}{'videos':>8}{'wall s':>9}{'videos/s':>11}{'p50 s':>9}{'p95 s':>9}",
                  _row("(a) original loop, transformers, bs=1", wall_a, lat_a),
@@ -423,14 +501,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--critic", default="lift", choices=("lift", *OTHER_CRITICS),
                     help="lift (default): LiFT's loop on --critics' presets; otherwise that critic's own loop vs "
-                         "the engine at concurrency 32, on its tiny Qwen2.5-VL model")
+                         "the engine at concurrency 32, on its tiny model (Qwen2.5-VL; videoalign: a converted "
+                         "tiny VideoReward release, Qwen2-VL)")
     ap.add_argument("--videos", type=int, default=None,
                     help=f"per engine run (default 48; --critic other than lift: {CRITIC_DEFAULTS['videos']})")
     ap.add_argument("--baseline-videos", type=int, default=None,
                     help=f"for the original loop (default 24; other critics: {CRITIC_DEFAULTS['baseline_videos']})")
     ap.add_argument("--max-new-tokens", type=int, default=None,
                     help=f"both ways (default 40; other critics: {CRITIC_DEFAULTS['max_new_tokens']}; "
-                         f"cosmos-reason1 generates nothing)")
+                         f"cosmos-reason1 and videoalign generate nothing)")
     ap.add_argument("--critics", default="tiny,realistic",
                     help="lift only: comma-separated presets, in the order measured")
     ap.add_argument("--original-threads", type=int, default=None,
