@@ -61,15 +61,21 @@ def test_ready_503_until_engine_up_then_sigterm_drains(
         items = [{"prompt": "bikes", "video": {"path": "real_bikes.mp4"}, "options": {"num_frames": 16}}] * 12
         results: list[httpx.Response | BaseException] = []
 
+        sending = threading.Semaphore(0)  # released as each request goes out, so SIGTERM comes after all three
+
         def send() -> None:
             try:
-                results.append(httpx.post(f"{srv.url}/v1/score/batch", json={"items": items}, timeout=300))
+                with httpx.Client(timeout=300, event_hooks={"request": [lambda _req: sending.release()]}) as client:
+                    results.append(client.post(f"{srv.url}/v1/score/batch", json={"items": items}))
             except BaseException as exc:  # noqa: BLE001 - recorded and asserted below
                 results.append(exc)
 
         threads = [threading.Thread(target=send) for _ in range(3)]
         for t in threads:
             t.start()
+        for _ in threads:
+            assert sending.acquire(timeout=60), "a batch request was never sent"
+        time.sleep(0.5)  # loopback: each request is accepted and read by now
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # wait until work is really in the engine
             text = httpx.get(f"{srv.url}/metrics").text
