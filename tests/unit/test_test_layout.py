@@ -8,6 +8,6 @@ TESTS = Path(__file__).resolve().parents[1]
 
 
 def test_test_module_basenames_are_unique() -> None:
-    names = Counter(p.name for p in TESTS.rglob("test_*.py") if ".venv" not in p.parts)
+    names = Counter(p.name for p in TESTS.rglob("test_*.py"))
     assert names, "no test modules found"
     assert [n for n, c in names.items() if c > 1] == []
